@@ -1,0 +1,1 @@
+"""Workload Runtime Interface: the contract (``api``) and the runtimes that implement it."""

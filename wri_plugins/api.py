@@ -1,0 +1,365 @@
+"""Workload Runtime Interface (WRI): the contract every runtime plugin implements.
+
+Modelled on Nomad's task-driver plugins (hashicorp/nomad ``plugins/drivers/driver.go``): a runtime
+declares its :class:`Capabilities`, reports its health with :meth:`WorkloadRuntime.fingerprint`,
+starts one container of a Pod as a task and returns a :class:`TaskHandle` that the agent persists,
+so that after an agent restart :meth:`WorkloadRuntime.recover` re-attaches to the same workload.
+
+Runtimes are found through the ``florete.wri`` entry-point group; see :func:`discover_runtimes`.
+A runtime is constructed with a :class:`RuntimeContext` and must never crash the agent: a missing
+backend makes it unhealthy (``Fingerprint.healthy = False``).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import signal as signal_module
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+from agent.errors import CapabilityError
+
+ENTRY_POINT_GROUP = "florete.wri"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Optional features of a runtime; callers check these instead of probing with ``hasattr``.
+
+    Attributes:
+        send_signals: :meth:`WorkloadRuntime.stop` can deliver an arbitrary signal.
+        exec: :meth:`WorkloadRuntime.exec` runs a command inside a running task.
+        fs_isolation: tasks get their own root filesystem (containers).
+        resource_limits: memory and CPU limits are enforced (may depend on the host; see
+            ``Fingerprint.attributes["limits"]``).
+        remote: tasks run on another device (for example a paired phone).
+    """
+
+    send_signals: bool = False
+    exec: bool = False
+    fs_isolation: bool = False
+    resource_limits: bool = False
+    remote: bool = False
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Health and attributes of a runtime at one moment.
+
+    Attributes:
+        healthy: the runtime can start tasks now.
+        description: one human sentence, e.g. ``"podman 4.3.1 on /run/podman/podman.sock"`` or why
+            it is unhealthy.
+        attributes: free-form facts (``version``, ``arch``, ``limits``: ``"cgroup-v1"`` or the reason
+            limits are not enforced).
+    """
+
+    healthy: bool
+    description: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Resource limits of one task.
+
+    Attributes:
+        cpu_millis: CPU limit in millicores (1000 = one core), or None for unlimited.
+        memory_bytes: memory limit in bytes, or None for unlimited.
+    """
+
+    cpu_millis: int | None = None
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a runtime needs to start one container of a Pod.
+
+    Attributes:
+        task_id: unique, stable, filesystem-safe id of this attempt
+            (``<pod uid>-<container>-<attempt>``).
+        pod_namespace: namespace of the Pod.
+        pod_name: name of the Pod.
+        pod_uid: uid of the Pod.
+        container: container name.
+        image: container image, or None for a host process.
+        argv: the command line (Kubernetes ``command`` + ``args``, already resolved).
+            Empty means the image's default (container runtimes only).
+        env: environment variables, already resolved (``$(VAR)`` expanded, fieldRefs filled).
+        working_dir: working directory, or None for the runtime's default.
+        limits: resource limits.
+        log_path: file the runtime writes the task's output to, in CRI log format
+            (``<RFC 3339 time> <stdout|stderr> <F|P> <text>``).
+        ports: container ports as ``(port, protocol)`` pairs, informational for host processes.
+    """
+
+    task_id: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+    container: str
+    image: str | None
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    working_dir: str | None
+    limits: ResourceLimits
+    log_path: Path
+    ports: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskHandle:
+    """Persistable reference to a started task, opaque to everything but its runtime.
+
+    Attributes:
+        runtime: name of the runtime that started the task.
+        task_id: the ``TaskSpec.task_id`` it was started from.
+        state: runtime-private, JSON-serialisable data (pid, container id, paths).
+    """
+
+    runtime: str
+    task_id: str
+    state: Mapping[str, Any]
+
+    def to_json(self) -> str:
+        """Serialise for the store.
+
+        Returns:
+            A JSON object string.
+        """
+        return json.dumps({"runtime": self.runtime, "task_id": self.task_id, "state": self.state})
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskHandle:
+        """Parse what :meth:`to_json` wrote.
+
+        Raises:
+            ValueError: the text is not a handle.
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict) or not {"runtime", "task_id", "state"} <= data.keys():
+            raise ValueError(f"not a task handle: {text[:80]!r}")
+        return cls(str(data["runtime"]), str(data["task_id"]), dict(data["state"]))
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    """How a task ended.
+
+    Attributes:
+        exit_code: the process exit code; 128 + N when killed by signal N (as a shell and the
+            kubelet report it).
+        signal: the signal that killed it, or None.
+        oom_killed: the kernel's OOM killer ended it (memory limit reached).
+        finished_at: wall-clock time it ended, seconds since the epoch.
+    """
+
+    exit_code: int
+    signal: int | None = None
+    oom_killed: bool = False
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """What :meth:`WorkloadRuntime.inspect` knows about a task.
+
+    Attributes:
+        running: the task is alive.
+        pid: main process id on this host, when there is one.
+        started_at: wall-clock start time, seconds since the epoch.
+        exit: how it ended, once it has.
+    """
+
+    running: bool
+    pid: int | None
+    started_at: float
+    exit: ExitResult | None = None
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """Resource usage of a running task.
+
+    Attributes:
+        cpu_seconds: user + system CPU time used so far, in seconds.
+        rss_bytes: resident memory in bytes.
+        read_bytes: bytes read from storage.
+        write_bytes: bytes written to storage.
+    """
+
+    cpu_seconds: float
+    rss_bytes: int
+    read_bytes: int = 0
+    write_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One line (or partial line) of a task's output.
+
+    Attributes:
+        time: wall-clock time it was written, seconds since the epoch.
+        stream: ``"stdout"`` or ``"stderr"``.
+        text: the bytes, without the trailing newline.
+        partial: the line was split (longer than the runtime's buffer, or cut at exit).
+    """
+
+    time: float
+    stream: str
+    text: bytes
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """Result of :meth:`WorkloadRuntime.exec`.
+
+    Attributes:
+        exit_code: exit code of the command.
+        output: stdout and stderr combined, truncated to 10 KiB (as the kubelet does for probes).
+    """
+
+    exit_code: int
+    output: bytes
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What the agent gives a runtime when it constructs it.
+
+    Attributes:
+        state_dir: a directory private to this runtime (created, 0700), for its handles' files.
+        node_name: the node's human name.
+        options: the runtime's section of the agent config (``runtimes.<name>``), already validated
+            by the runtime's ``OPTIONS`` table.
+    """
+
+    state_dir: Path
+    node_name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class WorkloadRuntime(abc.ABC):
+    """Base class of every WRI runtime.
+
+    Subclasses set :attr:`name`, :attr:`capabilities` and :attr:`OPTIONS` and implement the
+    abstract methods. Every method may raise :class:`agent.errors.WorkloadError` (the task could
+    not be handled), :class:`agent.errors.RuntimeUnavailableError` (the backend is gone) or
+    :class:`agent.errors.CapabilityError` (an optional feature is missing).
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    #: Config keys this runtime accepts under ``runtimes.<name>`` with their defaults.
+    OPTIONS: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, context: RuntimeContext) -> None:
+        self.context = context
+
+    @abc.abstractmethod
+    async def fingerprint(self) -> Fingerprint:
+        """Report health and attributes. Never raises: problems make the runtime unhealthy."""
+
+    @abc.abstractmethod
+    async def start(self, spec: TaskSpec) -> TaskHandle:
+        """Start a task; the handle is persistable once this returns.
+
+        Raises:
+            WorkloadError: the task could not be started (the message says why: executable not
+                found, permission denied, image missing).
+        """
+
+    @abc.abstractmethod
+    async def wait(self, handle: TaskHandle) -> ExitResult:
+        """Wait until the task ends and return how it ended (at once if it already has)."""
+
+    @abc.abstractmethod
+    async def stop(
+        self, handle: TaskHandle, grace: float, signal: int = signal_module.SIGTERM
+    ) -> None:
+        """Ask the task to stop with ``signal``, then kill it after ``grace`` seconds.
+
+        Returns once the task has ended. Stopping a task that already ended is not an error.
+        """
+
+    @abc.abstractmethod
+    async def destroy(self, handle: TaskHandle, force: bool = False) -> None:
+        """Release everything the task holds (cgroups, files, containers).
+
+        Args:
+            handle: the task.
+            force: kill it first if it still runs; otherwise a running task raises WorkloadError.
+        """
+
+    @abc.abstractmethod
+    async def inspect(self, handle: TaskHandle) -> TaskStatus:
+        """Return the task's current status."""
+
+    @abc.abstractmethod
+    async def stats(self, handle: TaskHandle) -> TaskStats:
+        """Return resource usage of a running task.
+
+        Raises:
+            WorkloadError: the task is not running.
+        """
+
+    @abc.abstractmethod
+    def logs(
+        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None,
+        since: float | None = None,
+    ) -> AsyncIterator[LogRecord]:
+        """Yield the task's output records, oldest first.
+
+        Args:
+            handle: the task.
+            follow: keep yielding new records until the task ends.
+            tail: only the last ``tail`` records that exist now.
+            since: only records written at or after this wall-clock time (seconds since epoch).
+        """
+
+    @abc.abstractmethod
+    async def recover(self, handle: TaskHandle) -> bool:
+        """Re-attach to a task after an agent restart.
+
+        Returns:
+            True when the task is known (running, or ended with a recorded exit result that
+            :meth:`wait` will return); False when no trace of it is left.
+        """
+
+    async def exec(
+        self, handle: TaskHandle, argv: tuple[str, ...], timeout: float
+    ) -> ExecResult:
+        """Run ``argv`` inside the running task's environment.
+
+        Raises:
+            CapabilityError: the runtime has no ``exec`` capability.
+            TimeoutError: the command ran longer than ``timeout`` seconds (it is killed).
+        """
+        raise CapabilityError(f"runtime {self.name} cannot exec into a task")
+
+    async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Release the runtime's own resources at agent shutdown. Tasks keep running."""
+
+
+def discover_runtimes() -> dict[str, type[WorkloadRuntime]]:
+    """Load every runtime class registered in the ``florete.wri`` entry-point group.
+
+    Returns:
+        Runtime name (the entry point's name) -> class.
+
+    Raises:
+        TypeError: an entry point does not name a WorkloadRuntime subclass.
+    """
+    found: dict[str, type[WorkloadRuntime]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, WorkloadRuntime)):
+            raise TypeError(f"entry point {ep.name} = {ep.value} is not a WorkloadRuntime")
+        found[ep.name] = cls
+    return found
