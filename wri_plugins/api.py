@@ -54,8 +54,8 @@ class Fingerprint:
         healthy: the runtime can start tasks now.
         description: one human sentence, e.g. ``"podman 4.3.1 on /run/podman/podman.sock"`` or why
             it is unhealthy.
-        attributes: free-form facts (``version``, ``arch``, ``limits``: ``"cgroup-v1"`` or the reason
-            limits are not enforced).
+        attributes: free-form facts (``version``, ``arch``, ``limits``: ``"cgroup-v1"`` or the
+            reason limits are not enforced).
     """
 
     healthy: bool
@@ -311,7 +311,11 @@ class WorkloadRuntime(abc.ABC):
 
     @abc.abstractmethod
     def logs(
-        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None,
+        self,
+        handle: TaskHandle,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
         since: float | None = None,
     ) -> AsyncIterator[LogRecord]:
         """Yield the task's output records, oldest first.
@@ -332,14 +336,14 @@ class WorkloadRuntime(abc.ABC):
             :meth:`wait` will return); False when no trace of it is left.
         """
 
-    async def exec(
-        self, handle: TaskHandle, argv: tuple[str, ...], timeout: float
-    ) -> ExecResult:
-        """Run ``argv`` inside the running task's environment.
+    async def exec(self, handle: TaskHandle, argv: tuple[str, ...]) -> ExecResult:
+        """Run ``argv`` inside the running task's environment and wait for it.
+
+        Callers bound the time with ``asyncio.timeout``; on cancellation the command is killed
+        before the cancellation propagates.
 
         Raises:
             CapabilityError: the runtime has no ``exec`` capability.
-            TimeoutError: the command ran longer than ``timeout`` seconds (it is killed).
         """
         raise CapabilityError(f"runtime {self.name} cannot exec into a task")
 
