@@ -331,9 +331,15 @@ class WorkloadRuntime(abc.ABC):
     async def recover(self, handle: TaskHandle) -> bool:
         """Re-attach to a task after an agent restart.
 
+        The handle may carry an empty ``state``: the agent recorded the task id before calling
+        :meth:`start` and stopped before it could store the handle. The runtime then finds the
+        task by ``handle.task_id`` alone, and every other method accepts that handle too. This
+        is what keeps a crash in the middle of a start from producing a duplicate.
+
         Returns:
-            True when the task is known (running, or ended with a recorded exit result that
-            :meth:`wait` will return); False when no trace of it is left.
+            True when the task runs, or ended with a recorded exit result that :meth:`wait`
+            returns; False when it is gone without a recorded end (the host rebooted, or no
+            trace of it is left). :meth:`destroy` still releases what a lost task left behind.
         """
 
     async def exec(self, handle: TaskHandle, argv: tuple[str, ...]) -> ExecResult:

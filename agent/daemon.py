@@ -1,0 +1,163 @@
+"""``florete-agent run``: the daemon, started and stopped in a fixed order.
+
+Start: lock the state dir, load or create the identity, open the store, fingerprint the runtimes,
+re-attach to every stored pod, serve the API; only then report ready (log line and ``sd_notify``
+``READY=1``). Stop on SIGTERM or SIGINT: close the API, detach from the pods (their workloads keep
+running: upgrading or restarting the agent never stops a workload), close the runtimes and the
+store, all bounded by ``reconciler.shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+
+from agent.api import AgentInfo, Api
+from agent.config import Config, resolve_interfaces
+from agent.errors import ConfigError
+from agent.httpserver import HttpServer, make_server_ssl_context
+from agent.identity import load_or_create_identity
+from agent.podworker import BackoffSettings
+from agent.reconciler import NodeSettings, Reconciler
+from agent.runtimes import RuntimeRegistry
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(state: str) -> bool:
+    """Send a state line to systemd's notification socket (``sd_notify(3)``).
+
+    Args:
+        state: e.g. ``"READY=1"`` or ``"STOPPING=1"``.
+
+    Returns:
+        True when ``NOTIFY_SOCKET`` is set and the datagram was sent.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as err:
+            log.warning("sd_notify to %s failed: %s", os.environ["NOTIFY_SOCKET"], err)
+            return False
+    return True
+
+
+def host_address(interfaces: tuple[str, ...]) -> str:
+    """Return the first IPv4 address of the given interfaces (``127.0.0.1`` if none has one)."""
+    addresses = psutil.net_if_addrs()
+    for name in interfaces:
+        for addr in addresses.get(name, []):
+            if addr.family == socket.AF_INET:
+                return str(addr.address)
+    return "127.0.0.1"
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take the state dir's lock so that one agent at a time uses it.
+
+    Returns:
+        The lock file's descriptor (held open for the daemon's life).
+
+    Raises:
+        ConfigError: another agent holds the lock.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another florete-agent is running with state dir {state_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+async def run(cfg: Config) -> int:
+    """Run the daemon until SIGTERM or SIGINT.
+
+    Returns:
+        The process exit code (0 after a clean stop).
+
+    Raises:
+        ConfigError: the configuration cannot be served (state dir locked, socket in use).
+    """
+    started_at = time.time()
+    lock_fd = lock_state_dir(cfg.state_dir)
+    identity = load_or_create_identity(cfg.state_dir, cfg.node.name)
+    interfaces = resolve_interfaces(cfg)
+    host_ip = host_address(interfaces)
+    store = Store(cfg.state_dir / "agent.db")
+    runtimes = RuntimeRegistry(cfg.state_dir, identity.name, cfg.runtimes)
+    await runtimes.fingerprints()
+    reconciler = Reconciler(
+        store,
+        runtimes,
+        NodeSettings(identity.name, host_ip, cfg.state_dir, cfg.runtime.default),
+        BackoffSettings(
+            cfg.reconciler.backoff_initial, cfg.reconciler.backoff_max, cfg.reconciler.backoff_reset
+        ),
+    )
+    info = AgentInfo(
+        identity, str(cfg.state_dir), str(cfg.api.socket), interfaces, host_ip, started_at
+    )
+    server = HttpServer(Api(reconciler, runtimes, info).router())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with asyncio.TaskGroup() as group:
+            await reconciler.start(group)
+            await server.start_unix(cfg.api.socket, cfg.api.socket_mode, cfg.api.socket_group)
+            if cfg.api.listen:
+                host, _, port = cfg.api.listen.rpartition(":")
+                assert cfg.api.tls_client_ca is not None  # load_config enforces it
+                context = make_server_ssl_context(
+                    identity.cert_path, identity.key_path, cfg.api.tls_client_ca
+                )
+                await server.start_tcp(host.strip("[]"), int(port), context)
+            log.info(
+                "ready in %.3f s: node %s (%s), state dir %s, socket %s",
+                time.time() - started_at,
+                identity.name,
+                identity.node_id,
+                cfg.state_dir,
+                cfg.api.socket,
+            )
+            sd_notify(f"READY=1\nSTATUS=serving on {cfg.api.socket}\nMAINPID={os.getpid()}")
+            await stop.wait()
+            sd_notify("STOPPING=1")
+            log.info("stopping")
+            try:
+                async with asyncio.timeout(cfg.reconciler.shutdown_timeout):
+                    await server.close(cfg.reconciler.shutdown_timeout / 2)
+                    await reconciler.stop()
+            except TimeoutError:
+                log.warning(
+                    "shutdown took longer than %.1f s; leaving the rest",
+                    cfg.reconciler.shutdown_timeout,
+                )
+                await reconciler.stop()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runtimes.close()
+        store.close()
+        os.close(lock_fd)
+    log.info("stopped; workloads keep running")
+    return 0

@@ -1,0 +1,169 @@
+"""The runtimes this agent has, and which one runs a given pod.
+
+Runtime classes come from the ``florete.wri`` entry-point group; each is constructed with its own
+state dir and its validated ``runtimes.<name>`` options. A runtime whose backend is missing stays
+registered but unhealthy, so pods that need it are rejected with a message that says what to do,
+and it never stops the agent from starting.
+
+Selection (ARCHITECTURE.md §3): ``spec.runtimeClassName`` names the runtime; without it a pod whose
+containers name no image runs on ``process``, and one whose containers name images runs on
+``podman`` when podman is healthy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config import validate_runtime_options
+from agent.errors import ConfigError, ManifestError, RuntimeUnavailableError
+from agent.podspec import Pod
+from wri_plugins.api import Fingerprint, RuntimeContext, WorkloadRuntime, discover_runtimes
+
+log = logging.getLogger(__name__)
+
+#: Seconds a fingerprint is reused before the runtime is asked again.
+FINGERPRINT_TTL = 10.0
+
+
+class RuntimeRegistry:
+    """The constructed runtimes, with cached fingerprints.
+
+    Args:
+        state_dir: the agent's state dir; runtime ``name`` keeps its files in
+            ``<state_dir>/runtimes/<name>``.
+        node_name: this node's name.
+        options: ``runtimes.<name>`` config tables (name -> options).
+        classes: runtime classes by name; defaults to the ``florete.wri`` entry points.
+
+    Raises:
+        ConfigError: options for a runtime that does not exist, or invalid options.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        node_name: str,
+        options: Mapping[str, Mapping[str, Any]],
+        classes: Mapping[str, type[WorkloadRuntime]] | None = None,
+    ) -> None:
+        classes = dict(classes if classes is not None else discover_runtimes())
+        unknown = sorted(set(options) - set(classes))
+        if unknown:
+            raise ConfigError(
+                f'unknown runtime "{unknown[0]}" in [runtimes]; available: '
+                f"{', '.join(sorted(classes))}"
+            )
+        self.runtimes: dict[str, WorkloadRuntime] = {}
+        for name, cls in sorted(classes.items()):
+            opts = validate_runtime_options(name, options.get(name, {}), cls.OPTIONS, "config")
+            directory = state_dir / "runtimes" / name
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.runtimes[name] = cls(RuntimeContext(directory, node_name, opts))
+        self._fingerprints: dict[str, tuple[float, Fingerprint]] = {}
+
+    async def fingerprint(self, name: str, fresh: bool = False) -> Fingerprint:
+        """Return a runtime's fingerprint, cached for :data:`FINGERPRINT_TTL` seconds."""
+        cached = self._fingerprints.get(name)
+        now = time.monotonic()
+        if cached and not fresh and now - cached[0] < FINGERPRINT_TTL:
+            return cached[1]
+        try:
+            result = await self.runtimes[name].fingerprint()
+        except Exception as err:  # a plugin must never take the agent down
+            log.exception("runtime %s: fingerprint failed", name)
+            result = Fingerprint(False, f"fingerprint failed: {err}")
+        if cached is None or cached[1].healthy != result.healthy:
+            level = logging.INFO if result.healthy else logging.WARNING
+            log.log(level, "runtime %s: %s", name, result.description)
+        self._fingerprints[name] = (now, result)
+        return result
+
+    async def fingerprints(self) -> dict[str, Fingerprint]:
+        """Return every runtime's fingerprint, by name."""
+        return {name: await self.fingerprint(name) for name in self.runtimes}
+
+    def get(self, name: str) -> WorkloadRuntime:
+        """Return a runtime by name.
+
+        Raises:
+            RuntimeUnavailableError: no runtime of that name is installed.
+        """
+        try:
+            return self.runtimes[name]
+        except KeyError:
+            raise RuntimeUnavailableError(f'runtime "{name}" is not installed') from None
+
+    async def select(self, pod: Pod, default: str = "") -> str:
+        """Choose the runtime for ``pod``.
+
+        Args:
+            pod: the parsed pod.
+            default: the configured default runtime (``runtime.default``), or "" for automatic.
+
+        Returns:
+            The runtime's name.
+
+        Raises:
+            ManifestError: the pod names an unknown or unhealthy runtime, or needs one that is not
+                available; the message names the field and what to set.
+        """
+        containers = (*pod.spec.init_containers, *pod.spec.containers)
+        wanted = pod.spec.runtime_class_name or default
+        field = "spec.runtimeClassName" if pod.spec.runtime_class_name else "runtime.default"
+        if not wanted:
+            with_image = [i for i, c in enumerate(pod.spec.containers) if c.image]
+            if not with_image and not any(c.image for c in pod.spec.init_containers):
+                wanted, field = "process", "spec.containers"
+            else:
+                wanted = "podman"
+                field = (
+                    f"spec.containers[{with_image[0]}].image"
+                    if with_image
+                    else "spec.initContainers"
+                )
+        if wanted not in self.runtimes:
+            raise ManifestError(
+                [
+                    f'{field}: runtime "{wanted}" is not available on this node '
+                    f"(installed: {', '.join(sorted(self.runtimes))}); set "
+                    "spec.runtimeClassName to one of them"
+                    + ("" if wanted != "podman" else ", or remove image to run a host process")
+                ]
+            )
+        fingerprint = await self.fingerprint(wanted)
+        if not fingerprint.healthy:
+            raise ManifestError(
+                [f'{field}: runtime "{wanted}" is unhealthy: {fingerprint.description}']
+            )
+        if not self.runtimes[wanted].capabilities.fs_isolation:
+            for i, c in enumerate(containers):
+                if c.image:
+                    kind = "initContainers" if i < len(pod.spec.init_containers) else "containers"
+                    index = i if kind == "initContainers" else i - len(pod.spec.init_containers)
+                    raise ManifestError(
+                        [
+                            f'spec.{kind}[{index}].image: runtime "{wanted}" runs '
+                            "host processes and cannot run images; remove image "
+                            "or choose a container runtime"
+                        ]
+                    )
+        for i, c in enumerate(containers):
+            if not c.command and not c.image:
+                kind = "initContainers" if i < len(pod.spec.init_containers) else "containers"
+                index = i if kind == "initContainers" else i - len(pod.spec.init_containers)
+                raise ManifestError(
+                    [f"spec.{kind}[{index}].command: required for a container without image"]
+                )
+        return wanted
+
+    async def close(self) -> None:
+        """Close every runtime (their tasks keep running)."""
+        for runtime in self.runtimes.values():
+            try:
+                await runtime.close()
+            except Exception:  # closing must go on for the others
+                log.exception("runtime %s: close failed", runtime.name)

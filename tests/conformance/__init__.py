@@ -1,0 +1,1 @@
+"""WRI conformance suite: the same cases against every workload runtime (see conftest.py)."""

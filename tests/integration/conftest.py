@@ -1,0 +1,196 @@
+"""A real ``florete-agent run`` daemon per test, driven through the real CLI.
+
+Each agent gets a short private state dir (the API socket path must stay under 108 bytes),
+``FLORETE_INTERFACES=lo`` and a fast CrashLoopBackOff so restart tests take seconds. Teardown
+kills the agent and every process it started (found through the state dir in their command
+lines and their process trees), also when the test failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+CLI = [sys.executable, "-m", "agent.cli"]
+
+
+class Agent:
+    """One agent daemon and its CLI."""
+
+    def __init__(self, state_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.state_dir = state_dir
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FLORETE_")},
+            "FLORETE_STATE_DIR": str(state_dir),
+            "FLORETE_INTERFACES": "lo",
+            "FLORETE_BACKOFF_INITIAL": "0.5",
+            "FLORETE_BACKOFF_MAX": "2",
+            "FLORETE_LOG_LEVEL": "debug",
+            **(extra_env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir.parent / f"{state_dir.name}-agent.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start ``florete-agent run`` and wait until its API answers."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([*CLI, "run"], env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while self.cli("version", check=False).returncode != 0:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agent not ready after {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        """The agent's own log so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the agent and wait for it to exit; returns its exit code."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def cli(self, *args: str, check: bool = True, stdin: str | None = None,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run ``florete-agent ARGS`` against this agent."""
+        result = subprocess.run([*CLI, *args], env=self.env, text=True, capture_output=True,
+                                input=stdin, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"florete-agent {' '.join(args)} exited with "
+                                 f"{result.returncode}:\n{result.stderr}\n--- agent log ---\n"
+                                 f"{self.log()[-4000:]}")
+        return result
+
+    def apply(self, manifest: str) -> str:
+        """``apply -f -`` with the manifest text; returns stdout."""
+        return self.cli("apply", "-f", "-", stdin=manifest).stdout
+
+    def pod(self, name: str) -> dict[str, Any]:
+        """``get pod NAME -o json``."""
+        result: dict[str, Any] = json.loads(self.cli("get", "pod", name, "-o", "json").stdout)
+        return result
+
+    def pods(self) -> list[dict[str, Any]]:
+        """``get pods -o json`` items."""
+        items: list[dict[str, Any]] = json.loads(
+            self.cli("get", "pods", "-o", "json").stdout)["items"]
+        return items
+
+    def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Poll ``predicate`` every 0.1 s until it holds."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n"
+                                     f"--- agent log ---\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+
+    def wait_pod(self, name: str, predicate: Callable[[dict[str, Any]], bool],
+                 what: str = "", timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until ``predicate(pod)`` holds; returns that pod."""
+        seen: dict[str, Any] = {}
+
+        def check() -> bool:
+            seen.update(self.pod(name))
+            return predicate(seen)
+
+        self.wait_for(f"pod {name} {what}", check, timeout)
+        return seen
+
+    def wait_running(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until the pod is Running with every container ready."""
+        return self.wait_pod(name, running_and_ready, "Running and ready", timeout)
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every live process the agent started (shims, workloads and their children)."""
+        marker = str(self.state_dir)
+        found: dict[int, psutil.Process] = {}
+        for proc in psutil.process_iter(["cmdline", "environ"]):
+            try:
+                cmdline = " ".join(proc.info["cmdline"] or [])
+                environ = proc.info["environ"] or {}
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if marker in cmdline or environ.get("FLORETE_STATE_DIR") == marker:
+                found[proc.pid] = proc
+                try:
+                    for child in proc.children(recursive=True):
+                        found[child.pid] = child
+                except psutil.NoSuchProcess:
+                    continue
+        return [p for pid, p in found.items() if pid != os.getpid()]
+
+    def kill_everything(self) -> None:
+        """Kill -9 the agent and every process it started (a power cut)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+        for _ in range(3):
+            procs = self.descendants()
+            if not procs:
+                return
+            for proc in procs:
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    continue
+            psutil.wait_procs(procs, timeout=5)
+
+
+def running_and_ready(pod: dict[str, Any]) -> bool:
+    """The pod is Running and every container is ready."""
+    statuses = pod["status"].get("containerStatuses") or []
+    return pod["status"].get("phase") == "Running" and bool(statuses) and all(
+        s.get("ready") for s in statuses)
+
+
+def container(pod: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """A container's status (the first one's when no name is given)."""
+    statuses: list[dict[str, Any]] = pod["status"].get("containerStatuses") or []
+    for status in statuses:
+        if name is None or status["name"] == name:
+            return status
+    raise KeyError(name)
+
+
+@pytest.fixture
+def make_agent() -> Iterator[Callable[..., Agent]]:
+    """Factory of started agents; all are killed with their workloads at teardown."""
+    agents: list[tuple[Agent, Path]] = []
+
+    def make(extra_env: dict[str, str] | None = None, start: bool = True) -> Agent:
+        root = Path(tempfile.mkdtemp(prefix="fl-"))
+        agent = Agent(root / "s", extra_env)
+        agents.append((agent, root))
+        if start:
+            agent.start()
+        return agent
+
+    yield make
+    for agent, root in agents:
+        agent.kill_everything()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(make_agent: Callable[..., Agent]) -> Agent:
+    """One started agent."""
+    return make_agent()
