@@ -39,11 +39,14 @@ STAMP = "date +%s%N > {path}; exec sleep 600"
 
 @contextmanager
 def running_agent() -> Iterator[tuple[subprocess.Popen[bytes], ApiClient, Path, float]]:
-    """Start an agent in a fresh state dir; yields (process, client, state dir, seconds to ready)."""
+    """Start an agent in a fresh state dir; yields (process, client, state dir, ready seconds)."""
     root = Path(tempfile.mkdtemp(prefix="fl-bench-"))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLORETE_")},
-           "FLORETE_STATE_DIR": str(root / "s"), "FLORETE_INTERFACES": "lo",
-           "FLORETE_LOG_LEVEL": "warning"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLORETE_")},
+        "FLORETE_STATE_DIR": str(root / "s"),
+        "FLORETE_INTERFACES": "lo",
+        "FLORETE_LOG_LEVEL": "warning",
+    }
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run"], env=env)
     client = ApiClient(root / "s" / "agent.sock", timeout=5)
@@ -60,8 +63,11 @@ def running_agent() -> Iterator[tuple[subprocess.Popen[bytes], ApiClient, Path, 
         yield proc, client, root, ready
     finally:
         for pod in client.request("GET", "/api/v1/pods")["items"]:
-            client.request("DELETE", f"/api/v1/namespaces/default/pods/{pod['metadata']['name']}",
-                           query={"gracePeriodSeconds": "0"})
+            client.request(
+                "DELETE",
+                f"/api/v1/namespaces/default/pods/{pod['metadata']['name']}",
+                query={"gracePeriodSeconds": "0"},
+            )
         while client.request("GET", "/api/v1/pods")["items"]:
             time.sleep(0.05)
         client.close()
@@ -72,9 +78,15 @@ def running_agent() -> Iterator[tuple[subprocess.Popen[bytes], ApiClient, Path, 
 
 def pod(name: str, script: str) -> dict[str, Any]:
     """A one-container host-process Pod."""
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"terminationGracePeriodSeconds": 0, "containers": [
-                {"name": "main", "command": ["/bin/sh", "-c", script]}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "command": ["/bin/sh", "-c", script]}],
+        },
+    }
 
 
 def wait_file(path: Path, timeout: float = 30.0) -> int:
@@ -106,8 +118,9 @@ def pod_start(client: ApiClient, tmp: Path, i: int) -> float:
     """Seconds from the API POST to the workload's first instruction."""
     path = tmp / f"pod-{i}"
     t0 = time.time_ns()
-    client.request("POST", "/api/v1/namespaces/default/pods",
-                   body=pod(f"lat-{i}", STAMP.format(path=path)))
+    client.request(
+        "POST", "/api/v1/namespaces/default/pods", body=pod(f"lat-{i}", STAMP.format(path=path))
+    )
     return (wait_file(path) - t0) / 1e9
 
 
@@ -144,35 +157,69 @@ def main() -> None:
             readies.append(ready)
     rows: list[tuple[str, str, str, str]] = []
     ready_ms, floor_ms = statistics.median(readies) * 1e3, statistics.median(floors) * 1e3
-    rows.append(("start to ready (API answers)", f"{ready_ms:.0f} ms",
-                 f"python3 -c pass {floor_ms:.0f} ms", f"{ready_ms / floor_ms:.1f}x"))
+    rows.append(
+        (
+            "start to ready (API answers)",
+            f"{ready_ms:.0f} ms",
+            f"python3 -c pass {floor_ms:.0f} ms",
+            f"{ready_ms / floor_ms:.1f}x",
+        )
+    )
     with running_agent() as (proc, client, root, _):
         time.sleep(2)
         idle0 = psutil.Process(proc.pid).memory_info().rss
-        rows.append(("idle RSS, 0 pods", f"{idle0 / mib:.1f} MiB", "goal 40 MB",
-                     f"{idle0 / 40e6:.2f}x"))
+        rows.append(
+            ("idle RSS, 0 pods", f"{idle0 / mib:.1f} MiB", "goal 40 MB", f"{idle0 / 40e6:.2f}x")
+        )
         tmp = root / "stamps"
         tmp.mkdir()
         bare = [bare_start(tmp, i) for i in range(15)]
         agent = [pod_start(client, tmp, i) for i in range(15)]
         bare_ms, agent_ms = statistics.median(bare) * 1e3, statistics.median(agent) * 1e3
-        rows.append(("pod start: POST to first instruction", f"{agent_ms:.1f} ms",
-                     f"bare Popen {bare_ms:.1f} ms", f"{agent_ms / bare_ms:.1f}x"))
-        rows.append(("agent's share of pod start", f"{agent_ms - bare_ms:.1f} ms", "goal 20 ms",
-                     f"{(agent_ms - bare_ms) / 20:.2f}x"))
+        rows.append(
+            (
+                "pod start: POST to first instruction",
+                f"{agent_ms:.1f} ms",
+                f"bare Popen {bare_ms:.1f} ms",
+                f"{agent_ms / bare_ms:.1f}x",
+            )
+        )
+        rows.append(
+            (
+                "agent's share of pod start",
+                f"{agent_ms - bare_ms:.1f} ms",
+                "goal 20 ms",
+                f"{(agent_ms - bare_ms) / 20:.2f}x",
+            )
+        )
         for i in range(15, 50):
-            client.request("POST", "/api/v1/namespaces/default/pods",
-                           body=pod(f"lat-{i}", STAMP.format(path=tmp / f"pod-{i}")))
+            client.request(
+                "POST",
+                "/api/v1/namespaces/default/pods",
+                body=pod(f"lat-{i}", STAMP.format(path=tmp / f"pod-{i}")),
+            )
         for i in range(50):
             wait_file(tmp / f"pod-{i}")
         time.sleep(3)
         idle50 = psutil.Process(proc.pid).memory_info().rss
-        rows.append(("idle RSS, 50 running pods", f"{idle50 / mib:.1f} MiB",
-                     f"0 pods {idle0 / mib:.1f} MiB", f"{idle50 / idle0:.2f}x"))
+        rows.append(
+            (
+                "idle RSS, 50 running pods",
+                f"{idle50 / mib:.1f} MiB",
+                f"0 pods {idle0 / mib:.1f} MiB",
+                f"{idle50 / idle0:.2f}x",
+            )
+        )
         count, rss, uss = shims_memory(str(root))
         if count:
-            rows.append((f"per-task monitors ({count})", f"USS {uss / count / mib:.2f} MiB each",
-                         f"RSS {rss / count / mib:.1f} MiB each", f"{uss / mib:.0f} MiB USS total"))
+            rows.append(
+                (
+                    f"per-task monitors ({count})",
+                    f"USS {uss / count / mib:.2f} MiB each",
+                    f"RSS {rss / count / mib:.1f} MiB each",
+                    f"{uss / mib:.0f} MiB USS total",
+                )
+            )
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print("florete-agent core (medians)")
     for r in rows:

@@ -67,15 +67,24 @@ class Agent:
         self.process = None
         return code
 
-    def cli(self, *args: str, check: bool = True, stdin: str | None = None,
-            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``florete-agent ARGS`` against this agent."""
-        result = subprocess.run([*CLI, *args], env=self.env, text=True, capture_output=True,
-                                input=stdin, timeout=timeout)
+        result = subprocess.run(
+            [*CLI, *args],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            input=stdin,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"florete-agent {' '.join(args)} exited with "
-                                 f"{result.returncode}:\n{result.stderr}\n--- agent log ---\n"
-                                 f"{self.log()[-4000:]}")
+            raise AssertionError(
+                f"florete-agent {' '.join(args)} exited with "
+                f"{result.returncode}:\n{result.stderr}\n--- agent log ---\n"
+                f"{self.log()[-4000:]}"
+            )
         return result
 
     def apply(self, manifest: str) -> str:
@@ -89,8 +98,9 @@ class Agent:
 
     def pods(self) -> list[dict[str, Any]]:
         """``get pods -o json`` items."""
-        items: list[dict[str, Any]] = json.loads(
-            self.cli("get", "pods", "-o", "json").stdout)["items"]
+        items: list[dict[str, Any]] = json.loads(self.cli("get", "pods", "-o", "json").stdout)[
+            "items"
+        ]
         return items
 
     def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -98,12 +108,19 @@ class Agent:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n"
-                                     f"--- agent log ---\n{self.log()[-4000:]}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}\n"
+                    f"--- agent log ---\n{self.log()[-4000:]}"
+                )
             time.sleep(0.1)
 
-    def wait_pod(self, name: str, predicate: Callable[[dict[str, Any]], bool],
-                 what: str = "", timeout: float = 30.0) -> dict[str, Any]:
+    def wait_pod(
+        self,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        what: str = "",
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         """Wait until ``predicate(pod)`` holds; returns that pod."""
         seen: dict[str, Any] = {}
 
@@ -158,8 +175,11 @@ class Agent:
 def running_and_ready(pod: dict[str, Any]) -> bool:
     """The pod is Running and every container is ready."""
     statuses = pod["status"].get("containerStatuses") or []
-    return pod["status"].get("phase") == "Running" and bool(statuses) and all(
-        s.get("ready") for s in statuses)
+    return (
+        pod["status"].get("phase") == "Running"
+        and bool(statuses)
+        and all(s.get("ready") for s in statuses)
+    )
 
 
 def container(pod: dict[str, Any], name: str | None = None) -> dict[str, Any]:

@@ -24,7 +24,8 @@ metadata:
 spec:
   containers:
     - name: main
-      command: ["/bin/sh", "-c", "echo started $(POD_NAME)/$(NS) on $(NODE); echo to-stderr >&2; exec sleep 300"]
+      command: ["/bin/sh", "-c"]
+      args: ["echo started $(POD_NAME)/$(NS) on $(NODE); echo to-stderr >&2; exec sleep 300"]
       env:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
@@ -56,7 +57,9 @@ def test_apply_get_logs_describe_delete(agent: Agent) -> None:
     assert pod["status"]["podIP"] == "127.0.0.1"
     agent.wait_for("first log line", lambda: "started" in agent.cli("logs", "hello").stdout)
     assert agent.cli("logs", "hello").stdout.splitlines() == [
-        f"started hello/default on {node}", "to-stderr"]
+        f"started hello/default on {node}",
+        "to-stderr",
+    ]
     assert agent.cli("logs", "hello", "--tail", "1").stdout == "to-stderr\n"
 
     wide = agent.cli("get", "pods", "-o", "wide").stdout.splitlines()
@@ -92,15 +95,17 @@ def test_apply_get_logs_describe_delete(agent: Agent) -> None:
 def test_spec_change_is_refused_and_changes_nothing(agent: Agent) -> None:
     agent.apply(HELLO)
     uid = agent.wait_running("hello")["metadata"]["uid"]
-    result = agent.cli("apply", "-f", "-", stdin=HELLO.replace("sleep 300", "sleep 301"),
-                       check=False)
+    result = agent.cli(
+        "apply", "-f", "-", stdin=HELLO.replace("sleep 300", "sleep 301"), check=False
+    )
     assert result.returncode == 1
     assert "spec: Forbidden: pod updates may not change fields" in result.stderr
     assert agent.pod("hello")["metadata"]["uid"] == uid
 
 
 def test_invalid_document_rejects_the_whole_file(agent: Agent, tmp_path: Path) -> None:
-    bad = pod_manifest("second", "true").replace("command:", "volumeMounts: [{name: x, mountPath: /x}]\n      command:")
+    mounts = "volumeMounts: [{name: x, mountPath: /x}]\n      command:"
+    bad = pod_manifest("second", "true").replace("command:", mounts)
     path = tmp_path / "pods.yaml"
     path.write_text(pod_manifest("first", "sleep 100") + "\n---\n" + bad)
     result = agent.cli("apply", "-f", str(path), check=False)
@@ -111,15 +116,17 @@ def test_invalid_document_rejects_the_whole_file(agent: Agent, tmp_path: Path) -
 
 
 def test_malformed_yaml_names_line_and_column(agent: Agent) -> None:
-    result = agent.cli("apply", "-f", "-", stdin="apiVersion: v1\nkind: Pod\n  bad: [\n",
-                       check=False)
+    result = agent.cli(
+        "apply", "-f", "-", stdin="apiVersion: v1\nkind: Pod\n  bad: [\n", check=False
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: -:3:")
 
 
 def test_image_without_podman_is_rejected_with_advice(agent: Agent) -> None:
-    manifest = pod_manifest("img", "true").replace("    - name: main\n",
-                                                    "    - name: main\n      image: busybox\n")
+    manifest = pod_manifest("img", "true").replace(
+        "    - name: main\n", "    - name: main\n      image: busybox\n"
+    )
     result = agent.cli("apply", "-f", "-", stdin=manifest, check=False)
     assert result.returncode == 1
     assert 'spec.containers[0].image: runtime "podman" is not available' in result.stderr
@@ -128,15 +135,21 @@ def test_image_without_podman_is_rejected_with_advice(agent: Agent) -> None:
 
 def test_always_restarts_with_crash_loop_backoff(agent: Agent) -> None:
     agent.apply(pod_manifest("crasher", "echo attempt; exit 3"))
-    pod = agent.wait_pod("crasher", lambda p: container(p)["restartCount"] >= 3,
-                         "restarted 3 times", timeout=30)
+    pod = agent.wait_pod(
+        "crasher", lambda p: container(p)["restartCount"] >= 3, "restarted 3 times", timeout=30
+    )
     status = container(pod)
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert status["lastState"]["terminated"]["reason"] == "Error"
     assert pod["status"]["phase"] == "Running"
-    agent.wait_pod("crasher", lambda p: "waiting" in container(p)["state"]
-                   and container(p)["state"]["waiting"]["reason"] == "CrashLoopBackOff",
-                   "in CrashLoopBackOff")
+    agent.wait_pod(
+        "crasher",
+        lambda p: (
+            "waiting" in container(p)["state"]
+            and container(p)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        ),
+        "in CrashLoopBackOff",
+    )
     assert agent.cli("logs", "crasher", "--previous").stdout == "attempt\n"
     events = agent.cli("describe", "pod", "crasher").stdout
     assert "Back-off restarting failed container main" in events
@@ -157,7 +170,8 @@ def test_on_failure_and_never(agent: Agent) -> None:
     time.sleep(1.5)
     assert container(agent.pod("once-bad"))["restartCount"] == 0
     status_column = agent.cli("get", "pods").stdout
-    assert "Completed" in status_column and "Error" in status_column
+    assert "Completed" in status_column
+    assert "Error" in status_column
 
 
 def test_init_containers_run_to_completion_first(agent: Agent) -> None:

@@ -41,12 +41,12 @@ def test_kill9_agent_keeps_workloads_and_reattaches(agent: Agent) -> None:
     steady = agent.wait_running("steady")
     assert container(steady)["restartCount"] == 0
     assert workload_pids(agent) == before
-    ended = agent.wait_pod("ends-while-down", lambda p: p["status"]["phase"] == "Failed",
-                           "Failed")
+    ended = agent.wait_pod("ends-while-down", lambda p: p["status"]["phase"] == "Failed", "Failed")
     assert container(ended)["state"]["terminated"]["exitCode"] == 7
     assert container(ended)["restartCount"] == 0
-    restarted = agent.wait_pod("restarts-after",
-                               lambda p: container(p)["restartCount"] == 1, "restarted once")
+    restarted = agent.wait_pod(
+        "restarts-after", lambda p: container(p)["restartCount"] == 1, "restarted once"
+    )
     assert container(restarted)["lastState"]["terminated"]["exitCode"] == 5
     assert "re-attached to task" in agent.log()
 
@@ -87,8 +87,9 @@ def test_simulated_reboot_restarts_every_desired_pod(agent: Agent) -> None:
 
 
 def test_second_agent_on_the_same_state_dir_is_refused(agent: Agent) -> None:
-    result = subprocess.run([*CLI, "run"], env=agent.env, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [*CLI, "run"], env=agent.env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 1
     assert "another florete-agent is running with state dir" in result.stderr
 
@@ -107,10 +108,12 @@ def test_sd_notify_ready(make_agent: Callable[..., Agent], tmp_path: Path) -> No
 def test_concurrent_applies(agent: Agent) -> None:
     manifests = [pod_manifest(f"c-{i % 5}", "exec sleep 300") for i in range(15)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(
-            lambda m: agent.cli("apply", "-f", "-", stdin=m, check=False), manifests))
-    outcomes = [r.stdout.strip().rsplit(" ", 1)[-1] if r.returncode == 0 else "failed"
-                for r in results]
+        results = list(
+            pool.map(lambda m: agent.cli("apply", "-f", "-", stdin=m, check=False), manifests)
+        )
+    outcomes = [
+        r.stdout.strip().rsplit(" ", 1)[-1] if r.returncode == 0 else "failed" for r in results
+    ]
     # Racing creates of one name: exactly one wins; a loser is told it already exists.
     assert outcomes.count("created") == 5
     for r in results:
@@ -128,7 +131,8 @@ def test_two_hundred_pods(agent: Agent) -> None:
     assert out.count(" created") == count
 
     def all_running() -> bool:
-        return sum(p["status"]["phase"] == "Running" for p in agent.pods()) == count
+        running = [p for p in agent.pods() if p["status"]["phase"] == "Running"]
+        return len(running) == count
 
     agent.wait_for(f"{count} pods Running", all_running, timeout=240)
     elapsed = time.monotonic() - started

@@ -77,7 +77,12 @@ def test_conditions_and_transition_times() -> None:
 
 def test_container_status_round_trips_through_its_dict() -> None:
     original = ContainerStatus(
-        "c", "img", state=FAILED, last_state=DONE, ready=False, restart_count=4,
+        "c",
+        "img",
+        state=FAILED,
+        last_state=DONE,
+        ready=False,
+        restart_count=4,
         container_id="process://x",
     )
     assert ContainerStatus.from_k8s(original.to_k8s()) == original

@@ -37,9 +37,12 @@ async def http_server() -> AsyncIterator[int]:
 
 @pytest.mark.parametrize(
     ("path", "success", "message"),
-    [("/ok", True, ""), ("/redirect", True, ""),
-     ("/fail", False, "HTTP probe failed with statuscode: 500"),
-     ("/slow", False, "timeout after 1 s")],
+    [
+        ("/ok", True, ""),
+        ("/redirect", True, ""),
+        ("/fail", False, "HTTP probe failed with statuscode: 500"),
+        ("/slow", False, "timeout after 1 s"),
+    ],
 )
 async def test_http_get(http_server: int, path: str, success: bool, message: str) -> None:
     probe = Probe(HTTPGetAction(port=http_server, path=path), timeout_seconds=1)
