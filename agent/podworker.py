@@ -85,6 +85,8 @@ class PodWorker:
         store: the agent's store.
         ctx: where the pod runs.
         backoff: restart backoff parameters.
+        limits_problem: why the runtime does not enforce resource limits, or None when it does;
+            containers with limits then get a ``LimitsNotEnforced`` warning event.
     """
 
     def __init__(
@@ -95,8 +97,10 @@ class PodWorker:
         store: Store,
         ctx: PodContext,
         backoff: BackoffSettings,
+        limits_problem: str | None = None,
     ) -> None:
         self.pod = pod
+        self._limits_problem = limits_problem
         self.uid = stored.uid
         self.runtime = runtime
         self.store = store
@@ -299,6 +303,12 @@ class PodWorker:
         status.restart_count = attempt
         status.container_id = f"{self.runtime.name}://{spec.task_id}"
         self.event("Normal", "Started", f"Started container {c.name}")
+        if self._limits_problem and (c.limits.cpu_millis or c.limits.memory_bytes):
+            self.event(
+                "Warning",
+                "LimitsNotEnforced",
+                f"resources.limits of container {c.name} are not enforced: {self._limits_problem}",
+            )
         await self._prune(c.name, attempt)
         return handle
 

@@ -293,6 +293,7 @@ class Reconciler:
             self.store,
             self._context(stored),
             self.backoff,
+            self.runtimes.limits_problem(runtime_name),
         )
         self._workers[stored.uid] = worker
         if stored.deletion_at is None:

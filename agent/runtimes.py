@@ -82,6 +82,18 @@ class RuntimeRegistry:
         self._fingerprints[name] = (now, result)
         return result
 
+    def limits_problem(self, name: str) -> str | None:
+        """Why a runtime does not enforce resource limits, from its last fingerprint.
+
+        Returns:
+            The runtime's sentence (``limits`` attribute), or None when limits are enforced or
+            the runtime was not fingerprinted yet.
+        """
+        cached = self._fingerprints.get(name)
+        if cached is None or cached[1].attributes.get("limits_enforced", "true") == "true":
+            return None
+        return cached[1].attributes.get("limits", "limits are not enforced")
+
     async def fingerprints(self) -> dict[str, Fingerprint]:
         """Return every runtime's fingerprint, by name."""
         return {name: await self.fingerprint(name) for name in self.runtimes}

@@ -54,8 +54,10 @@ class Fingerprint:
         healthy: the runtime can start tasks now.
         description: one human sentence, e.g. ``"podman 4.3.1 on /run/podman/podman.sock"`` or why
             it is unhealthy.
-        attributes: free-form facts (``version``, ``arch``, ``limits``: ``"cgroup-v1"`` or the
-            reason limits are not enforced).
+        attributes: facts; these keys mean the same for every runtime: ``version``, ``arch``
+            (Go-style: amd64, arm64, arm), ``limits`` (how limits are enforced, e.g.
+            ``"cgroup-v1"``, or the sentence saying why they are not) and ``limits_enforced``
+            (``"true"`` or ``"false"``).
     """
 
     healthy: bool

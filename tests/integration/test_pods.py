@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -268,3 +269,37 @@ def test_status_shows_identity(agent: Agent) -> None:
     assert any(r["name"] == "process" and r["healthy"] for r in data["runtimes"])
     key = Path(data["stateDir"]) / "identity" / "node.key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_memory_limit_is_enforced_and_reported_as_oomkilled(agent: Agent) -> None:
+    extra = """      resources:
+        limits: {memory: 32Mi, cpu: 500m}
+"""
+    script = "exec python3 -c 'b = bytearray(200 * 2**20); print(len(b))'"
+    agent.apply(pod_manifest("hog", script, policy="Never", extra=extra))
+    pod = agent.wait_pod("hog", lambda p: p["status"]["phase"] == "Failed", "Failed")
+    terminated = container(pod)["state"]["terminated"]
+    assert terminated["reason"] == "OOMKilled"
+    assert terminated["exitCode"] == 137
+    assert pod["status"]["qosClass"] == "Guaranteed"
+
+
+def test_limits_that_cannot_be_enforced_are_reported(
+    make_agent: Callable[..., Agent], tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.toml"
+    # a cgroup parent below a file can never be created: the runtime cannot enforce limits
+    config.write_text('[runtimes.process]\ncgroup_parent = "/cgroup.procs/florete"\n')
+    agent = make_agent({"FLORETE_CONFIG": str(config)})
+    status = json.loads(agent.cli("status", "-o", "json").stdout)["status"]
+    process = next(r for r in status["runtimes"] if r["name"] == "process")
+    assert process["attributes"]["limits_enforced"] == "false"
+    assert "cannot create" in process["attributes"]["limits"]
+    extra = """      resources:
+        limits: {memory: 64Mi}
+"""
+    agent.apply(pod_manifest("unlimited", "exec sleep 300", extra=extra))
+    agent.wait_running("unlimited")
+    described = agent.cli("describe", "pod", "unlimited").stdout
+    assert "LimitsNotEnforced" in described
+    assert "resources.limits of container main are not enforced" in described

@@ -130,7 +130,8 @@ class ProcessRuntime(WorkloadRuntime):
         Returns:
             Attributes ``version`` (kernel release), ``arch`` (Go-style: ``amd64``, ``arm64``,
             ``arm``), ``limits`` (``cgroup-v1``/``cgroup-v2``, or the sentence saying why limits
-            are not enforced) and ``python`` (the version shims run with).
+            are not enforced), ``limits_enforced`` (``true``/``false``) and ``python`` (the
+            version shims run with).
         """
         if sys.platform != "linux":
             return Fingerprint(False, f"the process runtime needs Linux, not {sys.platform}")
@@ -144,6 +145,7 @@ class ProcessRuntime(WorkloadRuntime):
                 "version": uname.release,
                 "arch": _ARCH.get(uname.machine, uname.machine),
                 "limits": limits,
+                "limits_enforced": str(not isinstance(layout, str)).lower(),
                 "python": platform.python_version(),
             },
         )
