@@ -73,14 +73,6 @@ class App:
         return StreamingResponse(200, "text/plain", chunks())
 
 
-@pytest.fixture(autouse=True)
-def no_asyncio_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail a test whose connections make asyncio log an error (e.g. an unretrieved task)."""
-    yield
-    records = caplog.get_records("call") + caplog.get_records("teardown")
-    assert not [r.getMessage() for r in records if r.name == "asyncio" and r.levelno >= 30]
-
-
 @pytest.fixture
 def app() -> App:
     return App()
