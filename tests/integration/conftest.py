@@ -136,7 +136,8 @@ class Agent:
         return self.wait_pod(name, running_and_ready, "Running and ready", timeout)
 
     def descendants(self) -> list[psutil.Process]:
-        """Every live process the agent started (shims, workloads and their children)."""
+        """Every live process the agent started (shims, workloads and their children), without
+        the agent itself."""
         marker = str(self.state_dir)
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline", "environ"]):
@@ -152,7 +153,8 @@ class Agent:
                         found[child.pid] = child
                 except psutil.NoSuchProcess:
                     continue
-        return [p for pid, p in found.items() if pid != os.getpid()]
+        own = {os.getpid(), self.process.pid if self.process is not None else -1}
+        return [p for pid, p in found.items() if pid not in own]
 
     def kill_everything(self) -> None:
         """Kill -9 the agent and every process it started (a power cut)."""
