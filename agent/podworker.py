@@ -228,8 +228,15 @@ class PodWorker:
                         self._publish()
                         return
                     continue
-            exit_result, started_at = await self._watch(c, status, handle)
-            reason = _exit_reason(exit_result)
+            try:
+                exit_result, started_at = await self._watch(c, status, handle)
+                reason = _exit_reason(exit_result)
+            except FloreteError as err:
+                # the runtime lost the task (its files vanished, its backend went away)
+                clog.warning("lost track of the container: %s", err)
+                exit_result = ExitResult(LOST_EXIT_CODE, finished_at=time.time())
+                started_at = status.state.started_at or time.time()
+                reason = LOST_REASON
             clog.info("exited with code %d (%s)", exit_result.exit_code, reason)
             status.state = ContainerState(
                 "terminated",
@@ -437,10 +444,12 @@ class PodWorker:
         handle = TaskHandle.from_json(handle_json) if handle_json else TaskHandle(runtime, task, {})
         clog = _ContainerLog(log, {"pod": self._pod_key(), "container": container})
         try:
-            if await self.runtime.recover(handle) and (await self.runtime.inspect(handle)).running:
+            known = await self.runtime.recover(handle)
+            if known and (await self.runtime.inspect(handle)).running:
                 self.event("Normal", "Killing", f"Stopping container {container}")
                 await self.runtime.stop(handle, grace)
-            await self.runtime.destroy(handle, force=True)
+            if known or handle_json:
+                await self.runtime.destroy(handle, force=True)
         except FloreteError as err:
             clog.warning("could not clean up task %s: %s", task, err)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AlreadyExistsError, ManifestError, NotFoundError
+from agent.errors import AlreadyExistsError, FloreteError, ManifestError, NotFoundError
 from agent.manifest import parse_pod, pod_to_manifest
 from agent.podspec import Pod
 from agent.podstatus import rfc3339
@@ -87,7 +87,11 @@ class Reconciler:
                     err,
                 )
                 continue
-            worker = self._spawn(stored, pod)
+            try:
+                worker = self._spawn(stored, pod)
+            except FloreteError as err:
+                log.error("pod %s/%s: cannot run it here: %s", stored.namespace, stored.name, err)  # noqa: TRY400
+                continue
             if stored.deletion_at is not None:
                 self._begin_deletion(worker, stored.deletion_grace or 0.0)
 

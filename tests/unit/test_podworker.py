@@ -1,0 +1,104 @@
+"""The pod worker with a real store and the real process runtime, no daemon around it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.manifest import parse_pod, pod_to_manifest
+from agent.podworker import BackoffSettings, PodWorker
+from agent.store import Store
+from agent.taskspec import PodContext, build_task_spec
+from wri_plugins.api import RuntimeContext, TaskHandle
+from wri_plugins.process import ProcessRuntime
+
+MANIFEST = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "w"},
+    "spec": {"containers": [{"name": "main", "command": ["sleep", "300"]}]},
+}
+
+
+class Rig:
+    def __init__(self, root: Path) -> None:
+        self.store = Store(root / "agent.db")
+        (root / "rt").mkdir()
+        self.runtime = ProcessRuntime(
+            RuntimeContext(root / "rt", "node", {"cgroup_parent": "florete-test"})
+        )
+        self.pod = parse_pod(MANIFEST)
+        self.stored = self.store.create_pod("default", "w", "uid-w", pod_to_manifest(self.pod))
+        self.ctx = PodContext("uid-w", "node", "127.0.0.1", root / "logs", root / "work")
+
+    def worker(self) -> PodWorker:
+        stored = self.store.get_pod("default", "w")
+        return PodWorker(stored, self.pod, self.runtime, self.store, self.ctx, BackoffSettings())
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    rig = Rig(tmp_path)
+    yield rig
+    await rig.worker().kill(grace=0)
+
+
+async def wait_running(worker: PodWorker) -> None:
+    async with asyncio.timeout(10):
+        while worker.statuses["main"].state.kind != "running":  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.02)
+
+
+async def test_crash_between_start_and_handle_does_not_duplicate(rig: Rig) -> None:
+    """The agent recorded the intent, the runtime started the task, the agent died."""
+    container = rig.pod.spec.containers[0]
+    spec = build_task_spec(rig.pod, container, rig.ctx, attempt=0)
+    spec.log_path.parent.mkdir(parents=True)
+    rig.ctx.work_dir.mkdir()
+    rig.store.record_task_intent("uid-w", "main", 0, spec.task_id, "process")
+    started = await rig.runtime.start(spec)
+
+    worker = rig.worker()
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_running(worker)
+        assert worker.statuses["main"].restart_count == 0
+        bare = TaskHandle("process", spec.task_id, {})
+        assert (await rig.runtime.inspect(bare)).pid == started.state["pid"]
+        sleeps = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] == ["sleep", "300"] and p.pid == started.state["pid"]
+        ]
+        assert len(sleeps) == 1
+        assert [t.attempt for t in rig.store.tasks("uid-w")] == [0]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_detached_worker_leaves_the_workload_running(rig: Rig) -> None:
+    worker = rig.worker()
+    task = asyncio.create_task(worker.run())
+    await wait_running(worker)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    [record] = rig.store.tasks("uid-w")
+    assert record.handle is not None
+    handle = TaskHandle.from_json(record.handle)
+    assert (await rig.runtime.inspect(handle)).running
+    saved = rig.store.get_pod("default", "w").status
+    assert saved["phase"] == "Running"
+    again = rig.worker()
+    task = asyncio.create_task(again.run())
+    try:
+        await wait_running(again)
+        assert again.statuses["main"].restart_count == 0
+        assert [t.attempt for t in rig.store.tasks("uid-w")] == [0]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
