@@ -1,9 +1,12 @@
 """The agent's local state: one SQLite database in the state dir.
 
 Holds the desired pods (the manifests the user applied), the last known status of each pod, the
-handles of the tasks the runtimes started, and the pods' events. Desired state is written with
-``synchronous=FULL`` in WAL mode, so a write the user was told succeeded survives power loss; the
-agent restarts every desired pod from here after a reboot with no network at all.
+handles of the tasks the runtimes started, and the pods' events. Desired state (pods created,
+changed, deleted) is committed with ``synchronous=FULL`` in WAL mode, so a write the user was
+told succeeded survives power loss, and the agent restarts every desired pod from here after a
+reboot with no network at all. Observed state (status, events, task records) is committed with
+``synchronous=NORMAL``: it survives a crash of the agent, costs no fsync on a pod's start path,
+and after a power cut it is observed again anyway.
 
 All methods are synchronous and fast (one small transaction each); the daemon calls them from its
 event loop. Only the daemon opens the database: the CLI and TUI go through the API.
@@ -169,6 +172,7 @@ class Store:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._durable = True
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         with self._tx() as db:
@@ -184,8 +188,19 @@ class Store:
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction.
+
+        Args:
+            durable: commit with ``synchronous=FULL`` (the WAL is fsynced: the write survives a
+                power loss). Non-durable commits (status, events, task records) survive a crash
+                of the agent but may be lost with the last seconds before a power cut; they cost
+                no fsync, and the next durable commit makes them durable too.
+        """
         with self._lock:
+            if durable != self._durable:
+                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -270,7 +285,7 @@ class Store:
 
     def save_status(self, uid: str, status: dict[str, Any]) -> None:
         """Record a pod's latest status (a no-op when the pod is gone)."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             version = self._next_version(db)
             db.execute(
                 "UPDATE pods SET status = ?, resource_version = ? WHERE uid = ?",
@@ -308,7 +323,7 @@ class Store:
         self, pod_uid: str, container: str, attempt: int, task_id: str, runtime: str
     ) -> None:
         """Record that a task is about to be started (so a crash mid-start leaves a trace)."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute(
                 "INSERT OR REPLACE INTO tasks (pod_uid, container, attempt, task_id, runtime, "
                 "handle) VALUES (?, ?, ?, ?, ?, NULL)",
@@ -317,7 +332,7 @@ class Store:
 
     def record_task_handle(self, pod_uid: str, container: str, attempt: int, handle: str) -> None:
         """Attach the runtime's handle JSON to a recorded task."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute(
                 "UPDATE tasks SET handle = ? WHERE pod_uid = ? AND container = ? AND attempt = ?",
                 (handle, pod_uid, container, attempt),
@@ -337,7 +352,7 @@ class Store:
 
     def forget_tasks_before(self, pod_uid: str, container: str, attempt: int) -> None:
         """Drop task records older than ``attempt`` (kept: this one and the one before it)."""
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute(
                 "DELETE FROM tasks WHERE pod_uid = ? AND container = ? AND attempt < ?",
                 (pod_uid, container, attempt - 1),
@@ -350,7 +365,7 @@ class Store:
     ) -> None:
         """Record an event; a repeat of the pod's latest event only bumps its count and time."""
         now = time.time()
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             last = db.execute(
                 "SELECT id, type, reason, message FROM events WHERE pod_uid = ? "
                 "ORDER BY id DESC LIMIT 1",

@@ -137,24 +137,46 @@ class Agent:
 
     def descendants(self) -> list[psutil.Process]:
         """Every live process the agent started (shims, workloads and their children), without
-        the agent itself."""
+        the agent itself and its shim fork server.
+
+        Found from the process runtime's task files (shim and workload pids, checked against
+        their creation times so a reused pid is never taken) and from command lines and
+        environments that name this agent's state dir.
+        """
         marker = str(self.state_dir)
-        found: dict[int, psutil.Process] = {}
+        roots: dict[int, psutil.Process] = {}
+        for task in (self.state_dir / "runtimes" / "process" / "tasks").glob("*/task.json"):
+            try:
+                state = json.loads(task.read_text())["state"]
+            except (OSError, ValueError, KeyError):
+                continue
+            for pid, ctime in (
+                (state["shim_pid"], state["shim_ctime"]),
+                (state["pid"], state["pid_ctime"]),
+            ):
+                proc = _process(pid, ctime)
+                if proc is not None:
+                    roots[pid] = proc
         for proc in psutil.process_iter(["cmdline", "environ"]):
             try:
                 cmdline = " ".join(proc.info["cmdline"] or [])
                 environ = proc.info["environ"] or {}
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except psutil.Error:
                 continue
             if marker in cmdline or environ.get("FLORETE_STATE_DIR") == marker:
-                found[proc.pid] = proc
-                try:
-                    for child in proc.children(recursive=True):
-                        found[child.pid] = child
-                except psutil.NoSuchProcess:
-                    continue
-        own = {os.getpid(), self.process.pid if self.process is not None else -1}
-        return [p for pid, p in found.items() if pid not in own]
+                roots[proc.pid] = proc
+        found = dict(roots)
+        for proc in roots.values():
+            try:
+                found.update((child.pid, child) for child in proc.children(recursive=True))
+            except psutil.Error:
+                continue
+        agent = self.process.pid if self.process is not None else -1
+        return [
+            p
+            for pid, p in found.items()
+            if pid not in (os.getpid(), agent) and not _fork_server_of(p, agent)
+        ]
 
     def kill_everything(self) -> None:
         """Kill -9 the agent and every process it started (a power cut)."""
@@ -172,6 +194,22 @@ class Agent:
                 except psutil.NoSuchProcess:
                     continue
             psutil.wait_procs(procs, timeout=5)
+
+
+def _fork_server_of(proc: psutil.Process, agent: int) -> bool:
+    try:
+        return proc.ppid() == agent and proc.cmdline()[-1:] == ["serve"]
+    except psutil.Error:
+        return False
+
+
+def _process(pid: int, ctime: float) -> psutil.Process | None:
+    """The live process ``pid`` if it was created at ``ctime`` (within a second)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc if abs(proc.create_time() - ctime) < 1.0 else None
+    except psutil.Error:
+        return None
 
 
 def running_and_ready(pod: dict[str, Any]) -> bool:

@@ -274,3 +274,21 @@ async def test_fingerprint_reports_the_host(rt: ProcessRuntime) -> None:
     assert fp.attributes["version"] == os.uname().release
     assert fp.attributes["python"] == ".".join(map(str, sys.version_info[:3]))
     assert fp.attributes["limits"] in fp.description
+
+
+async def test_shims_come_from_one_fork_server_that_restarts_when_killed(
+    rt: ProcessRuntime, tmp_path: Path
+) -> None:
+    first = await rt.start(spec(tmp_path, "sleep", "30"))
+    servers = [p for p in psutil.Process().children() if "serve" in p.cmdline()]
+    assert len(servers) == 1
+    shim = psutil.Process(first.state["shim_pid"])
+    assert shim.ppid() != os.getpid()  # detached: nobody's child but init's (or a subreaper's)
+    servers[0].kill()
+    servers[0].wait(5)
+    second = await rt.start(spec(tmp_path, "sleep", "30"))
+    assert (await rt.inspect(second)).running
+    assert (await rt.inspect(first)).running
+    await rt.close()
+    assert not [p for p in psutil.Process().children() if "serve" in p.cmdline()]
+    assert (await rt.inspect(first)).running  # the server's end is not the tasks' end

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.errors import WorkloadError
 from wri_plugins.api import ExecResult
 
+_log = logging.getLogger(__name__)
 SHIM = Path(__file__).with_name("run_shim.py")
 #: Seconds to wait for the shim's report (Python start-up on a slow ARM board under load).
 REPORT_TIMEOUT = 30.0
@@ -162,7 +166,87 @@ class Launch:
         self._sock.close()
 
 
-async def spawn_shim(cwd: str, shim_args: Sequence[str], shim_log: Path) -> Launch:
+class ForkServer:
+    """The shim fork server (``shim.py serve``), started on first use, one per runtime.
+
+    Args:
+        log_path: file that receives the server's own stderr.
+    """
+
+    def __init__(self, log_path: Path) -> None:
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def _ensure(self) -> socket.socket:
+        if self._sock is not None and self._proc is not None and self._proc.poll() is None:
+            return self._sock
+        self.close_now()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        errors = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._proc = subprocess.Popen(
+                shim_command("serve"),
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                env={},
+                cwd="/",
+                start_new_session=True,
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            os.close(errors)
+            theirs.close()
+        self._sock = ours
+        # a runtime dropped without close() (tests, a failed start-up) still ends its server
+        self._finalizer = weakref.finalize(self, _stop_server, ours, self._proc)
+        return ours
+
+    def request(self, cwd: str, shim_args: Sequence[str], report: int, errors: int) -> bool:
+        """Ask the server to start a shim; False when it cannot take the request.
+
+        Args:
+            cwd: working directory of the shim and its workload.
+            shim_args: ``run`` options and ``-- EXECUTABLE ARGV...`` (without ``--report-fd``).
+            report: the shim's end of the report socket (the server receives a copy).
+            errors: the shim's stderr (the server receives a copy).
+        """
+        payload = "\0".join([cwd, *shim_args]).encode("utf-8", "surrogateescape")
+        try:
+            sock = self._ensure()
+            socket.send_fds(sock, [payload], [report, errors])
+        except OSError as err:  # gone, or a request larger than the socket buffer
+            _log.info("shim fork server unavailable (%s); starting the shim directly", err)
+            self.close_now()
+            return False
+        return True
+
+    def close_now(self) -> None:
+        """Close the socket: the server exits (its shims live on) and is reaped."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._finalizer = None
+        self._sock = None
+        self._proc = None
+
+
+def _stop_server(sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+    """Close the fork server's socket and reap it (it exits on end of file at once)."""
+    sock.close()
+    try:
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def spawn_shim(
+    cwd: str, shim_args: Sequence[str], shim_log: Path, server: ForkServer | None = None
+) -> Launch:
     """Start a shim for one task and wait for its report.
 
     The caller must :meth:`Launch.confirm` (the task is persisted) or :meth:`Launch.abandon`.
@@ -172,6 +256,8 @@ async def spawn_shim(cwd: str, shim_args: Sequence[str], shim_log: Path) -> Laun
         shim_args: options and ``-- EXECUTABLE ARGV...`` for ``shim.py run`` (without
             ``--report-fd``).
         shim_log: file that receives the shim's own stderr.
+        server: a fork server to start the shim with; a new interpreter is started when it is
+            None or cannot take the request.
 
     Returns:
         The report and the channel for the ack.
@@ -182,22 +268,24 @@ async def spawn_shim(cwd: str, shim_args: Sequence[str], shim_log: Path) -> Laun
     """
     ours, theirs = socket.socketpair()
     try:
+        first: asyncio.subprocess.Process | None = None
         try:
             errors = os.open(shim_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError:
             theirs.close()
             raise
         try:
-            first = await asyncio.create_subprocess_exec(
-                *shim_command("run", "--report-fd", str(theirs.fileno()), *shim_args),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-                env={},  # the shim reads the task's environment from its env file
-                cwd=cwd,
-                start_new_session=True,
-                pass_fds=(theirs.fileno(),),
-            )
+            if server is None or not server.request(cwd, shim_args, theirs.fileno(), errors):
+                first = await asyncio.create_subprocess_exec(
+                    *shim_command("run", "--report-fd", str(theirs.fileno()), *shim_args),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                    env={},  # the shim reads the task's environment from its env file
+                    cwd=cwd,
+                    start_new_session=True,
+                    pass_fds=(theirs.fileno(),),
+                )
         except OSError as err:
             raise WorkloadError(f"cannot start the process shim in {cwd}: {err}") from err
         finally:
@@ -207,7 +295,8 @@ async def spawn_shim(cwd: str, shim_args: Sequence[str], shim_log: Path) -> Laun
         try:
             async with asyncio.timeout(REPORT_TIMEOUT):
                 line = await _read_report(ours)
-                await first.wait()  # it exits as soon as it has forked the shim proper
+                if first is not None:
+                    await first.wait()  # it exits as soon as it has forked the shim proper
         except TimeoutError:
             raise WorkloadError(f"process shim did not report within {REPORT_TIMEOUT}s") from None
         try:

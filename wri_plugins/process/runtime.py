@@ -5,6 +5,11 @@ conmon) holds the output pipes, writes the CRI log and records the exit status i
 so a new :class:`ProcessRuntime` on the same state dir re-attaches with :meth:`recover` and learns
 exit codes of tasks that ended while no agent ran. Limits use a cgroup per task (see
 ``cgroups``); where cgroups cannot be written, tasks run unlimited and the fingerprint says why.
+
+A task without limits gets no cgroup unless the option ``cgroup_always`` is set: joining a cgroup
+v1 hierarchy waits for an RCU grace period (about 10 ms measured here, most of a pod's start), and
+the process group already bounds what ``stop`` kills. With ``cgroup_always`` even children that
+leave the process group are found and killed.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class ProcessRuntime(WorkloadRuntime):
         "log_max_bytes": 10 * MiB,
         "log_max_files": 5,
         "cgroup_parent": "/florete",
+        "cgroup_always": False,
     }
 
     def __init__(self, context: RuntimeContext) -> None:
@@ -111,8 +117,12 @@ class ProcessRuntime(WorkloadRuntime):
             raise ConfigError("runtimes.process.cgroup_parent: want a non-empty path")
         self._log_max_bytes: int = max(options["log_max_bytes"], 1)
         self._log_max_files: int = options["log_max_files"]
+        if not isinstance(options["cgroup_always"], bool):
+            raise ConfigError("runtimes.process.cgroup_always: want true or false")
         self._cgroup_parent: str = options["cgroup_parent"]
+        self._cgroup_always: bool = options["cgroup_always"]
         self._tasks_dir = context.state_dir / "tasks"
+        self._forkserver = launch.ForkServer(context.state_dir / "forkserver.log")
         self._cgroups: Cgroups | str | None = None
         self._lost_tasks: set[str] = set()  # warned about once each
 
@@ -174,7 +184,9 @@ class ProcessRuntime(WorkloadRuntime):
                 "--", prep.executable, *spec.argv,
             ]  # fmt: skip
             started_at = time.time()
-            started = await launch.spawn_shim(prep.cwd, shim_args, task_dir / SHIM_LOG)
+            started = await launch.spawn_shim(
+                prep.cwd, shim_args, task_dir / SHIM_LOG, self._forkserver
+            )
             report = started.report
             report.check(spec.argv[0])
             state = TaskState(
@@ -188,7 +200,9 @@ class ProcessRuntime(WorkloadRuntime):
                 log_path=spec.log_path,
             )
             record = {"working_dir": prep.cwd, "argv": list(spec.argv), "state": state.to_state()}
-            await asyncio.to_thread(write_atomic, task_dir / TASK_FILE, json.dumps(record).encode())
+            await asyncio.to_thread(
+                write_atomic, task_dir / TASK_FILE, json.dumps(record).encode(), durable=False
+            )
             await started.confirm()
         except BaseException as err:
             # without the ack the shim kills the workload and exits; then nothing is left
@@ -228,10 +242,11 @@ class ProcessRuntime(WorkloadRuntime):
             raise WorkloadError(f"cannot create task dir {task_dir}: {err.strerror}") from err
         cgroups: list[Path] = []
         try:
-            write_atomic(task_dir / ENV_FILE, env)
+            write_atomic(task_dir / ENV_FILE, env, durable=False)
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
             layout = self._limits()
-            if isinstance(layout, Cgroups):
+            limited = spec.limits.cpu_millis is not None or spec.limits.memory_bytes is not None
+            if isinstance(layout, Cgroups) and (limited or self._cgroup_always):
                 cgroups = [parent / spec.task_id for parent in layout.parents]
                 layout.create(spec.task_id, spec.limits)
         except (OSError, ValueError) as err:
@@ -413,6 +428,10 @@ class ProcessRuntime(WorkloadRuntime):
         cgroup_args = (arg for d in st.cgroups for arg in ("--cgroup", str(d)))
         shim_args = (*cgroup_args, "--env-file", str(st.task_dir / ENV_FILE), "--", *argv)
         return await launch.run_exec(cwd, shim_args, EXEC_OUTPUT_LIMIT)
+
+    async def close(self) -> None:
+        """Stop the shim fork server; every task and its shim keep running."""
+        await asyncio.to_thread(self._forkserver.close_now)
 
     async def recover(self, handle: TaskHandle) -> bool:
         """True when the task runs or its end is recorded; False when it is gone or lost.
