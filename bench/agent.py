@@ -15,6 +15,7 @@ Runs with ``FLORETE_INTERFACES=lo`` in a temporary state dir; nothing leaves the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -41,8 +42,13 @@ STAMP = "date +%s%N > {path}; exec sleep 600"
 def running_agent() -> Iterator[tuple[subprocess.Popen[bytes], ApiClient, Path, float]]:
     """Start an agent in a fresh state dir; yields (process, client, state dir, ready seconds)."""
     root = Path(tempfile.mkdtemp(prefix="fl-bench-"))
+    # as installed (a package ships byte-compiled modules): no PYTHONDONTWRITEBYTECODE
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FLORETE_")},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("FLORETE_") and k != "PYTHONDONTWRITEBYTECODE"
+        },
         "FLORETE_STATE_DIR": str(root / "s"),
         "FLORETE_INTERFACES": "lo",
         "FLORETE_LOG_LEVEL": "warning",
@@ -124,19 +130,18 @@ def pod_start(client: ApiClient, tmp: Path, i: int) -> float:
     return (wait_file(path) - t0) / 1e9
 
 
-def shims_memory(marker: str) -> tuple[int, int, int]:
-    """(count, total RSS, total USS) of the per-task monitors whose command line has ``marker``."""
+def shims_memory(state_dir: Path) -> tuple[int, int, int]:
+    """(count, total RSS, total USS) of the per-task monitors (shims) of one agent."""
     count = rss = uss = 0
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if marker in cmdline and "shim" in cmdline:
-            try:
-                info = proc.memory_full_info()
-            except psutil.Error:
-                continue
-            count += 1
-            rss += info.rss
-            uss += info.uss
+    for task in (state_dir / "runtimes" / "process" / "tasks").glob("*/task.json"):
+        try:
+            info = psutil.Process(json.loads(task.read_text())["state"]["shim_pid"])
+            memory = info.memory_full_info()
+        except (OSError, ValueError, KeyError, psutil.Error):
+            continue
+        count += 1
+        rss += memory.rss
+        uss += memory.uss
     return count, rss, uss
 
 
@@ -149,6 +154,12 @@ def interpreter_floor() -> float:
 
 def main() -> None:
     """Print the agent benchmark table."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(root / "agent"), str(root / "wri_plugins")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     mib = 2**20
     readies, floors = [], []
     for _ in range(RUNS):
@@ -167,9 +178,19 @@ def main() -> None:
     )
     with running_agent() as (proc, client, root, _):
         time.sleep(2)
-        idle0 = psutil.Process(proc.pid).memory_info().rss
+        memory = psutil.Process(proc.pid).memory_full_info()
+        idle0 = memory.rss
         rows.append(
             ("idle RSS, 0 pods", f"{idle0 / mib:.1f} MiB", "goal 40 MB", f"{idle0 / 40e6:.2f}x")
+        )
+        shared = (memory.rss - memory.uss) / mib
+        rows.append(
+            (
+                "  of which private (USS)",
+                f"{memory.uss / mib:.1f} MiB",
+                f"shared libraries {shared:.1f} MiB",
+                "",
+            )
         )
         tmp = root / "stamps"
         tmp.mkdir()
@@ -210,7 +231,7 @@ def main() -> None:
                 f"{idle50 / idle0:.2f}x",
             )
         )
-        count, rss, uss = shims_memory(str(root))
+        count, rss, uss = shims_memory(root / "s")
         if count:
             rows.append(
                 (
