@@ -43,10 +43,20 @@ class Agent:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir.parent / f"{state_dir.name}-agent.log"
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start ``florete-agent run`` and wait until its API answers."""
+    def start(self, timeout: float = 30.0, offline: bool = False) -> None:
+        """Start ``florete-agent run`` and wait until its API answers.
+
+        Args:
+            timeout: seconds to wait for the API.
+            offline: run the agent in a network namespace of its own with no interface up (not
+                even lo) and on its default interfaces: a board that boots with no network.
+        """
+        env, prefix = self.env, []
+        if offline:
+            env = {k: v for k, v in self.env.items() if k != "FLORETE_INTERFACES"}
+            prefix = ["unshare", "--net", "--"]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([*CLI, "run"], env=self.env, stdout=log, stderr=log)
+            self.process = subprocess.Popen([*prefix, *CLI, "run"], env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while self.cli("version", check=False).returncode != 0:
             if self.process.poll() is not None:

@@ -51,12 +51,13 @@ def test_kill9_agent_keeps_workloads_and_reattaches(agent: Agent) -> None:
     assert "re-attached to task" in agent.log()
 
 
-def test_sigterm_stops_the_agent_cleanly_and_leaves_workloads(agent: Agent) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_agent_cleanly_and_leaves_workloads(agent: Agent, sig: int) -> None:
     agent.apply(pod_manifest("steady", "exec sleep 300"))
     agent.wait_running("steady")
     before = workload_pids(agent)
     started = time.monotonic()
-    assert agent.stop(signal.SIGTERM) == 0
+    assert agent.stop(sig) == 0
     assert time.monotonic() - started < 10
     assert workload_pids(agent) == before
     assert "stopped; workloads keep running" in agent.log()
@@ -65,7 +66,8 @@ def test_sigterm_stops_the_agent_cleanly_and_leaves_workloads(agent: Agent) -> N
     assert container(agent.wait_running("steady"))["restartCount"] == 0
 
 
-def test_simulated_reboot_restarts_every_desired_pod(agent: Agent) -> None:
+@pytest.mark.parametrize("offline", [False, True], ids=["lo", "no-network"])
+def test_simulated_reboot_restarts_every_desired_pod(agent: Agent, offline: bool) -> None:
     names = [f"boot-{i}" for i in range(3)]
     for name in names:
         agent.apply(pod_manifest(name, "exec sleep 300"))
@@ -75,7 +77,7 @@ def test_simulated_reboot_restarts_every_desired_pod(agent: Agent) -> None:
     agent.kill_everything()
     assert workload_pids(agent) == set()
 
-    agent.start()
+    agent.start(offline=offline)
     for name in names:
         pod = agent.wait_running(name)
         last = container(pod)["lastState"]["terminated"]
