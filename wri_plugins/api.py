@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 import signal as signal_module
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 from agent.errors import CapabilityError
 
 ENTRY_POINT_GROUP = "florete.wri"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -362,16 +364,23 @@ class WorkloadRuntime(abc.ABC):
 def discover_runtimes() -> dict[str, type[WorkloadRuntime]]:
     """Load every runtime class registered in the ``florete.wri`` entry-point group.
 
+    A plugin that cannot be loaded (missing dependency, broken install, not a runtime class) is
+    logged and left out: one bad plugin never keeps the agent from starting.
+
     Returns:
         Runtime name (the entry point's name) -> class.
-
-    Raises:
-        TypeError: an entry point does not name a WorkloadRuntime subclass.
     """
     found: dict[str, type[WorkloadRuntime]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
+        try:
+            cls = ep.load()
+        except Exception:  # a third-party plugin may fail in any way
+            _log.exception("runtime plugin %s (%s) cannot be loaded; left out", ep.name, ep.value)
+            continue
         if not (isinstance(cls, type) and issubclass(cls, WorkloadRuntime)):
-            raise TypeError(f"entry point {ep.name} = {ep.value} is not a WorkloadRuntime")
+            _log.error(
+                "runtime plugin %s = %s is not a WorkloadRuntime; left out", ep.name, ep.value
+            )
+            continue
         found[ep.name] = cls
     return found
