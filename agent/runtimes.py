@@ -123,53 +123,44 @@ class RuntimeRegistry:
             ManifestError: the pod names an unknown or unhealthy runtime, or needs one that is not
                 available; the message names the field and what to set.
         """
-        containers = (*pod.spec.init_containers, *pod.spec.containers)
+        paths = [(f"spec.initContainers[{i}]", c) for i, c in enumerate(pod.spec.init_containers)]
+        paths += [(f"spec.containers[{i}]", c) for i, c in enumerate(pod.spec.containers)]
         wanted = pod.spec.runtime_class_name or default
         field = "spec.runtimeClassName" if pod.spec.runtime_class_name else "runtime.default"
+        advice = "set spec.runtimeClassName to a healthy runtime"
         if not wanted:
-            with_image = [i for i, c in enumerate(pod.spec.containers) if c.image]
-            if not with_image and not any(c.image for c in pod.spec.init_containers):
-                wanted, field = "process", "spec.containers"
-            else:
-                wanted = "podman"
-                field = (
-                    f"spec.containers[{with_image[0]}].image"
-                    if with_image
-                    else "spec.initContainers"
-                )
+            with_image = [path for path, c in paths if c.image]
+            wanted, field = (
+                ("podman", f"{with_image[0]}.image")
+                if with_image
+                else ("process", "spec.containers")
+            )
+            if with_image:
+                advice += ", or remove image to run a host process"
         if wanted not in self.runtimes:
             raise ManifestError(
                 [
                     f'{field}: runtime "{wanted}" is not available on this node '
-                    f"(installed: {', '.join(sorted(self.runtimes))}); set "
-                    "spec.runtimeClassName to one of them"
-                    + ("" if wanted != "podman" else ", or remove image to run a host process")
+                    f"(installed: {', '.join(sorted(self.runtimes))}); {advice}"
                 ]
             )
         fingerprint = await self.fingerprint(wanted)
         if not fingerprint.healthy:
             raise ManifestError(
-                [f'{field}: runtime "{wanted}" is unhealthy: {fingerprint.description}']
+                [f'{field}: runtime "{wanted}" is unhealthy ({fingerprint.description}); {advice}']
             )
-        if not self.runtimes[wanted].capabilities.fs_isolation:
-            for i, c in enumerate(containers):
-                if c.image:
-                    kind = "initContainers" if i < len(pod.spec.init_containers) else "containers"
-                    index = i if kind == "initContainers" else i - len(pod.spec.init_containers)
-                    raise ManifestError(
-                        [
-                            f'spec.{kind}[{index}].image: runtime "{wanted}" runs '
-                            "host processes and cannot run images; remove image "
-                            "or choose a container runtime"
-                        ]
-                    )
-        for i, c in enumerate(containers):
-            if not c.command and not c.image:
-                kind = "initContainers" if i < len(pod.spec.init_containers) else "containers"
-                index = i if kind == "initContainers" else i - len(pod.spec.init_containers)
+        isolated = self.runtimes[wanted].capabilities.fs_isolation
+        for path, c in paths:
+            if c.image and not isolated:
                 raise ManifestError(
-                    [f"spec.{kind}[{index}].command: required for a container without image"]
+                    [
+                        f'{path}.image: runtime "{wanted}" runs host processes and '
+                        "cannot run images; remove image or choose a container "
+                        "runtime"
+                    ]
                 )
+            if not c.command and not c.image:
+                raise ManifestError([f"{path}.command: required for a container without image"])
         return wanted
 
     async def close(self) -> None:

@@ -8,7 +8,8 @@ directory and the limits (``pkg/kubelet/kuberuntime/kuberuntime_container.go``,
 
 Host processes do not inherit the agent's environment (a container does not inherit the
 kubelet's): they get ``PATH``, ``HOME`` and ``HOSTNAME`` (the pod name, as in a container), then
-the manifest's variables.
+the manifest's variables. A container with an image gets ``HOSTNAME`` and the manifest's
+variables only: its image supplies ``PATH`` and ``HOME``.
 """
 
 from __future__ import annotations
@@ -79,11 +80,10 @@ def container_env(pod: Pod, container: Container, ctx: PodContext) -> dict[str, 
     Returns:
         Variable name -> value.
     """
-    env = {
-        "PATH": os.environ.get("PATH", DEFAULT_PATH),
-        "HOME": os.environ.get("HOME", "/"),
-        "HOSTNAME": pod.metadata.name,
-    }
+    env = {"HOSTNAME": pod.metadata.name}
+    if not container.image:
+        env["PATH"] = os.environ.get("PATH", DEFAULT_PATH)
+        env["HOME"] = os.environ.get("HOME", "/")
     for var in container.env:
         if var.field_path is not None:
             env[var.name] = field_value(pod, ctx, var.field_path)

@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from agent.errors import WorkloadError
+from tests import podman_env, systemd_env
 from wri_plugins.api import (
     LogRecord,
     ResourceLimits,
@@ -54,12 +55,14 @@ class RuntimeUnderTest:
         unavailable: returns why the runtime cannot be tested on this host, or None.
         power_cut: kills a task and everything of the runtime that watches it at once, as a
             power cut would (SIGKILL, no exit record written).
+        image: the image of the specs the cases start (None: host processes).
     """
 
     name: str
     power_cut: Callable[[TaskHandle], None]
     options: Mapping[str, Any] = field(default_factory=dict)
     unavailable: Callable[[], str | None] = lambda: None
+    image: str | None = None
 
 
 def _process_power_cut(handle: TaskHandle) -> None:
@@ -83,6 +86,19 @@ RUNTIMES = [
         "process",
         _process_power_cut,
         {"cgroup_parent": "florete-test", "log_max_bytes": 1 << 20},
+    ),
+    RuntimeUnderTest(
+        "podman",
+        podman_env.power_cut,
+        podman_env.Options(),
+        podman_env.unavailable,
+        image=podman_env.IMAGE,
+    ),
+    RuntimeUnderTest(
+        "systemd",
+        systemd_env.power_cut,
+        {"bus": "user", "bus_address": systemd_env.bus_address(), "log_max_bytes": 1 << 20},
+        systemd_env.unavailable,
     ),
 ]
 
@@ -124,7 +140,7 @@ class RuntimeFactory:
             pod_name="conformance",
             pod_uid=task_id[3:15],
             container="c",
-            image=None,
+            image=self.entry.image,
             argv=argv,
             env={"PATH": PATH, **(env or {})},
             working_dir=working_dir,

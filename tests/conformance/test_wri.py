@@ -283,3 +283,46 @@ async def test_task_survives_kill_9_of_the_agent(runtime_factory: RuntimeFactory
     assert (await asyncio.wait_for(rt.wait(handle), 10)).exit_code == 9
     texts = [r.text for r in await runtime_factory.collect(rt.logs(handle))]
     assert texts == [b"ready", b"done"]
+
+
+async def test_stats_of_a_busy_task_are_not_zero(runtime_factory: RuntimeFactory) -> None:
+    rt = runtime_factory()
+    spec = runtime_factory.spec(("sh", "-c", "echo ready; while :; do :; done"))
+    handle = await runtime_factory.start(rt, spec)
+    await runtime_factory.wait_for_line(rt, handle, b"ready")
+    await asyncio.sleep(0.5)
+    stats = await rt.stats(handle)
+    assert stats.cpu_seconds >= 0.05, stats
+    assert stats.rss_bytes > 0, stats
+
+
+async def test_memory_limit_is_enforced(runtime_factory: RuntimeFactory) -> None:
+    """A workload that grows past its memory limit is OOM-killed and reported as such."""
+    from wri_plugins.api import ResourceLimits  # new cases go at the end of this file
+
+    rt = runtime_factory()
+    fp = await rt.fingerprint()
+    if not rt.capabilities.resource_limits or fp.attributes.get("limits_enforced") != "true":
+        pytest.skip(f"{runtime_factory.name} does not enforce limits here: {fp.attributes}")
+    # the shell keeps the whole output of the substitution in memory: 200 MB against 64 MiB
+    hog = 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived'
+    spec = runtime_factory.spec(("sh", "-c", hog), limits=ResourceLimits(memory_bytes=64 << 20))
+    handle = await runtime_factory.start(rt, spec)
+    result = await asyncio.wait_for(rt.wait(handle), 30)
+    assert (result.exit_code, result.oom_killed) == (137, True), result
+    texts = [r.text for r in await runtime_factory.collect(rt.logs(handle))]
+    assert b"survived" not in texts
+
+
+async def test_twenty_tasks_start_concurrently(runtime_factory: RuntimeFactory) -> None:
+    rt = runtime_factory()
+    specs = [runtime_factory.spec(("sh", "-c", f"echo task {i}; exit {i % 4}")) for i in range(20)]
+    handles = await asyncio.wait_for(
+        asyncio.gather(*(runtime_factory.start(rt, spec) for spec in specs)), 60
+    )
+    assert len({h.task_id for h in handles}) == 20
+    results = await asyncio.wait_for(asyncio.gather(*(rt.wait(h) for h in handles)), 30)
+    assert [r.exit_code for r in results] == [i % 4 for i in range(20)]
+    for i, handle in enumerate(handles):
+        texts = [r.text for r in await runtime_factory.collect(rt.logs(handle))]
+        assert texts == [f"task {i}".encode()]

@@ -124,14 +124,33 @@ def test_malformed_yaml_names_line_and_column(agent: Agent) -> None:
     assert result.stderr.startswith("error: -:3:")
 
 
-def test_image_without_podman_is_rejected_with_advice(agent: Agent) -> None:
+def test_image_on_the_process_runtime_is_rejected(agent: Agent) -> None:
+    manifest = pod_manifest("img", "true").replace(
+        "  containers:\n    - name: main\n",
+        "  runtimeClassName: process\n  containers:\n    - name: main\n      image: busybox\n",
+    )
+    result = agent.cli("apply", "-f", "-", stdin=manifest, check=False)
+    assert result.returncode == 1
+    assert 'spec.containers[0].image: runtime "process" runs host processes' in result.stderr
+    assert agent.pods() == []
+
+
+def test_image_without_a_usable_podman_is_rejected_with_advice(
+    make_agent: Callable[..., Agent], tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[runtimes.podman]\nsocket = "{tmp_path}/no-podman.sock"\nstart_service = false\n'
+    )
+    agent = make_agent({"FLORETE_CONFIG": str(config)})
     manifest = pod_manifest("img", "true").replace(
         "    - name: main\n", "    - name: main\n      image: busybox\n"
     )
     result = agent.cli("apply", "-f", "-", stdin=manifest, check=False)
     assert result.returncode == 1
-    assert 'spec.containers[0].image: runtime "podman" is not available' in result.stderr
+    assert 'spec.containers[0].image: runtime "podman" is unhealthy' in result.stderr
     assert "remove image to run a host process" in result.stderr
+    assert agent.pods() == []
 
 
 def test_always_restarts_with_crash_loop_backoff(agent: Agent) -> None:

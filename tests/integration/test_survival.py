@@ -20,8 +20,15 @@ pytestmark = pytest.mark.integration
 
 
 def workload_pids(agent: Agent, argv: tuple[str, ...] = ("sleep", "300")) -> set[int]:
-    """Pids of the agent's processes whose command line is exactly ``argv``."""
-    return {p.pid for p in agent.descendants() if tuple(p.cmdline()) == argv}
+    """Pids of the agent's live processes whose command line is exactly ``argv``."""
+    pids = set()
+    for proc in agent.descendants():
+        try:
+            if tuple(proc.cmdline()) == argv:
+                pids.add(proc.pid)
+        except psutil.Error:  # ended (or a zombie) since it was listed
+            continue
+    return pids
 
 
 def test_kill9_agent_keeps_workloads_and_reattaches(agent: Agent) -> None:

@@ -1,0 +1,90 @@
+"""The runtime's side of ``exec``: ask a task's log pump to run a command (see ``execserver``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+
+from agent.errors import WorkloadError
+from wri_plugins.api import ExecResult
+from wri_plugins.systemd.execserver import encode_request
+
+#: Seconds to keep reading output after the exit code came (a process the command left behind
+#: may hold the pipe; the kubelet's probes do not wait for it either).
+DRAIN_SECONDS = 0.5
+
+
+class _Collect(asyncio.Protocol):
+    """Keeps the first ``limit`` bytes read from a pipe and drops the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data[: max(self.limit - len(self.data), 0)]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def run_exec(socket_name: str, argv: tuple[str, ...], limit: int) -> ExecResult:
+    """Run ``argv`` in a task through its pump's exec socket and wait for it.
+
+    Args:
+        socket_name: the pump's abstract socket name (``units.exec_socket_name``).
+        argv: the command; ``argv[0]`` is looked up in the task's ``PATH``.
+        limit: bytes of combined stdout and stderr kept; the rest is read and dropped.
+
+    Returns:
+        Exit code (128 + N when killed by signal N; 127 not found, 126 not executable) and
+        output.
+
+    Raises:
+        WorkloadError: bad argv, no exec server (the task ended), or the task ended while the
+            command ran.
+        asyncio.CancelledError: after closing the connection, which makes the pump SIGKILL the
+            command's process group.
+    """
+    try:
+        request = encode_request(argv)
+    except ValueError as err:
+        raise WorkloadError(str(err)) from err
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    read_end, write_end = os.pipe()
+    transport: asyncio.BaseTransport | None = None
+    try:
+        try:
+            await loop.sock_connect(sock, "\0" + socket_name)
+        except OSError as err:
+            raise WorkloadError(f"the task takes no exec requests ({err.strerror})") from err
+        pipe = os.fdopen(read_end, "rb", buffering=0)
+        read_end = -1
+        collect = _Collect(limit)
+        transport, _ = await loop.connect_read_pipe(lambda: collect, pipe)
+        try:
+            socket.send_fds(sock, [request], [write_end])
+        except OSError as err:
+            raise WorkloadError(f"cannot send the exec request: {err}") from err
+        os.close(write_end)
+        write_end = -1
+        reply = await loop.sock_recv(sock, 64)
+        if not reply.isdigit():
+            raise WorkloadError("the task ended while the exec command ran")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_SECONDS):
+                await collect.closed
+        return ExecResult(exit_code=int(reply), output=bytes(collect.data))
+    finally:
+        sock.close()
+        if transport is not None:
+            transport.close()
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
