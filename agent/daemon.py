@@ -102,7 +102,7 @@ async def run(cfg: Config) -> int:
     interfaces = resolve_interfaces(cfg)
     host_ip = host_address(interfaces)
     store = Store(cfg.state_dir / "agent.db")
-    runtimes = RuntimeRegistry(cfg.state_dir, identity.name, cfg.runtimes)
+    runtimes = RuntimeRegistry(cfg.state_dir, identity.name, cfg.runtimes, store=store)
     await runtimes.fingerprints()
     reconciler = Reconciler(
         store,

@@ -35,7 +35,9 @@ Field                                   Treatment
 ``terminationMessagePath``              only ``/dev/termination-log``
 ``terminationMessagePolicy``            only ``File``
 ``stdin``, ``stdinOnce``, ``tty``       only false
-container ``securityContext``           only ``{}``; each field set in it is not supported
+container ``securityContext``           ``runAsUser``, ``runAsGroup``, ``readOnlyRootFilesystem``;
+                                        ``privileged`` and ``allowPrivilegeEscalation`` only
+                                        false; any other field is not supported
 ``resources.limits``/``requests``       ``cpu`` and ``memory``; any other resource is not
                                         supported
 other Kubernetes fields                 not supported when set; null, ``""``, ``[]`` and ``{}``
@@ -282,6 +284,18 @@ def _render_container(c: Container) -> dict[str, Any]:
         if amounts
     }
     out["resources"] = resources
+    security = c.security_context
+    rendered_security = {
+        k: v
+        for k, v in (
+            ("runAsUser", security.run_as_user),
+            ("runAsGroup", security.run_as_group),
+            ("readOnlyRootFilesystem", security.read_only_root_filesystem or None),
+        )
+        if v is not None
+    }
+    if rendered_security:
+        out["securityContext"] = rendered_security
     for key, probe in (
         ("livenessProbe", c.liveness_probe),
         ("readinessProbe", c.readiness_probe),

@@ -46,6 +46,7 @@ from agent.podspec import (
     PullPolicy,
     ResourceList,
     Scheme,
+    SecurityContext,
     TCPSocketAction,
     split_field_path,
 )
@@ -114,7 +115,7 @@ def _container(c: Fields, host_network: bool, *, init: bool) -> Container:
     env = [_env_var(c, path, item) for path, item in c.items("env")]
     ports = _ports(c, host_network)
     limits, requests = _resources(c)
-    c.object("securityContext", CONTAINER_SECURITY_CONTEXT)
+    security = _security_context(c)
     probes: dict[str, Probe | None] = {}
     for key in _PROBES:
         if init and c.get(key) is not None:
@@ -135,6 +136,28 @@ def _container(c: Fields, host_network: bool, *, init: bool) -> Container:
         liveness_probe=probes.get("livenessProbe"),
         readiness_probe=probes.get("readinessProbe"),
         startup_probe=probes.get("startupProbe"),
+        security_context=security,
+    )
+
+
+#: Largest uid or gid Kubernetes accepts (``pkg/apis/core/validation`` ``ValidateNonnegative``
+#: and the int32 of the API type).
+_MAX_ID = 2**31 - 1
+
+
+def _security_context(c: Fields) -> SecurityContext:
+    """Read a container's ``securityContext``; ``privileged`` and ``allowPrivilegeEscalation``
+    only as false (a container is never privileged here)."""
+    s = c.object("securityContext", CONTAINER_SECURITY_CONTEXT)
+    if s is None:
+        return SecurityContext()
+    for key in ("privileged", "allowPrivilegeEscalation"):
+        if s.boolean(key):
+            s.problems.add(s.child(key), NOT_SUPPORTED)
+    return SecurityContext(
+        run_as_user=s.integer("runAsUser", minimum=0, maximum=_MAX_ID),
+        run_as_group=s.integer("runAsGroup", minimum=0, maximum=_MAX_ID),
+        read_only_root_filesystem=s.boolean("readOnlyRootFilesystem") or False,
     )
 
 

@@ -109,10 +109,9 @@ CONTAINER = ObjectSchema(
     ),
 )
 CONTAINER_SECURITY_CONTEXT = ObjectSchema(
-    frozenset(),
+    _names("runAsUser runAsGroup readOnlyRootFilesystem privileged allowPrivilegeEscalation"),
     unsupported=_names(
-        "allowPrivilegeEscalation appArmorProfile capabilities privileged procMount "
-        "readOnlyRootFilesystem runAsGroup runAsNonRoot runAsUser seLinuxOptions seccompProfile "
+        "appArmorProfile capabilities procMount runAsNonRoot seLinuxOptions seccompProfile "
         "windowsOptions"
     ),
 )

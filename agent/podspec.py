@@ -108,6 +108,24 @@ class ResourceList:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityContext:
+    """The container ``securityContext`` fields florete-agent honours.
+
+    ``privileged`` and ``allowPrivilegeEscalation`` are accepted only as false, so they are not
+    kept: every container is unprivileged.
+
+    Attributes:
+        run_as_user: uid the container's process runs as, 0-2147483647, or None for the image's.
+        run_as_group: gid the container's process runs as, 0-2147483647, or None.
+        read_only_root_filesystem: the container's root filesystem is mounted read-only.
+    """
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    read_only_root_filesystem: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ExecAction:
     """A probe that runs a command in the container; exit status 0 is success.
 
@@ -197,6 +215,7 @@ class Container:
         liveness_probe: restarts the container when it fails.
         readiness_probe: marks the container not ready while it fails.
         startup_probe: holds back the other probes until it succeeds once.
+        security_context: uid, gid and root filesystem settings.
     """
 
     name: str
@@ -212,6 +231,7 @@ class Container:
     liveness_probe: Probe | None = None
     readiness_probe: Probe | None = None
     startup_probe: Probe | None = None
+    security_context: SecurityContext = SecurityContext()
 
 
 @dataclass(frozen=True, slots=True)

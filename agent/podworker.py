@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 #: exit code and reason reported for a task the runtime no longer knows (kubelet's values).
 LOST_EXIT_CODE = 137
 LOST_REASON = "ContainerStatusUnknown"
+#: Waiting reasons of a container whose image cannot be had (``pkg/kubelet/images/types.go``);
+#: a runtime's :class:`WorkloadError` message starts with one of them and ``:``.
+ERR_IMAGE_PULL = "ErrImagePull"
+ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
 
 
 @dataclass(frozen=True)
@@ -205,19 +209,22 @@ class PodWorker:
             status.last_state = status.state
             attempt += 1
         delay = 0.0
+        image_error: str | None = None
         while True:
             if handle is None:
                 if delay:
-                    await self._back_off(c, status, delay)
+                    await self._back_off(c, status, delay, image_error)
                 try:
                     handle = await self._start(c, status, attempt)
                 except WorkloadError as err:
                     clog.warning("start failed: %s", err)
-                    status.state = ContainerState("waiting", "RunContainerError", str(err))
+                    image_error = _image_reason(err)
+                    reason = image_error or "RunContainerError"
+                    status.state = ContainerState("waiting", reason, str(err))
                     self.event("Warning", "Failed", f"Error: {err}")
                     self._publish()
                     delay = backoff.on_exit(0.0)
-                    if policy == "Never":
+                    if policy == "Never" and image_error is None:
                         status.state = ContainerState(
                             "terminated",
                             "StartError",
@@ -288,7 +295,12 @@ class PodWorker:
         status.ready = status.started = False
         return None, last.attempt
 
-    async def _back_off(self, c: Container, status: ContainerStatus, delay: float) -> None:
+    async def _back_off(
+        self, c: Container, status: ContainerStatus, delay: float, image_error: str | None
+    ) -> None:
+        if image_error is not None:
+            await self._image_back_off(c, status, delay, image_error)
+            return
         message = f"back-off {delay:g}s restarting failed container={c.name} pod={self._pod_key()}"
         status.state = ContainerState("waiting", "CrashLoopBackOff", message)
         self.event(
@@ -297,6 +309,22 @@ class PodWorker:
             f"Back-off restarting failed container {c.name} in pod {self._pod_key()}",
         )
         self._publish()
+        await asyncio.sleep(delay)
+
+    async def _image_back_off(
+        self, c: Container, status: ContainerStatus, delay: float, image_error: str
+    ) -> None:
+        """Wait before the next try of a container whose image could not be had.
+
+        As the kubelet (``pkg/kubelet/images/image_manager.go``): a failed pull waits as
+        ``ImagePullBackOff`` with a ``BackOff`` event; ``ErrImageNeverPull`` keeps its reason
+        (there is nothing to back off from, the image may appear in local storage).
+        """
+        if image_error == ERR_IMAGE_PULL:
+            message = f'Back-off pulling image "{c.image}"'
+            status.state = ContainerState("waiting", "ImagePullBackOff", message)
+            self.event("Normal", "BackOff", message)
+            self._publish()
         await asyncio.sleep(delay)
 
     async def _start(self, c: Container, status: ContainerStatus, attempt: int) -> TaskHandle:
@@ -459,6 +487,12 @@ class PodWorker:
 
 def _succeeded(status: ContainerStatus) -> bool:
     return status.state.kind == "terminated" and status.state.exit_code == 0
+
+
+def _image_reason(err: WorkloadError) -> str | None:
+    """``ErrImagePull`` or ``ErrImageNeverPull`` when ``err`` says so by its prefix, else None."""
+    prefix = str(err).partition(":")[0]
+    return prefix if prefix in (ERR_IMAGE_PULL, ERR_IMAGE_NEVER_PULL) else None
 
 
 def _should_restart(policy: str, exit_code: int | None) -> bool:

@@ -21,10 +21,13 @@ from typing import Any
 from agent.config import validate_runtime_options
 from agent.errors import ConfigError, ManifestError, RuntimeUnavailableError
 from agent.podspec import Pod
+from agent.store import Store
 from wri_plugins.api import Fingerprint, RuntimeContext, WorkloadRuntime, discover_runtimes
 
 log = logging.getLogger(__name__)
 
+#: Length of a pod uid (a UUID string), the prefix of its task ids.
+UID_LENGTH = 36
 #: Seconds a fingerprint is reused before the runtime is asked again.
 FINGERPRINT_TTL = 10.0
 
@@ -38,6 +41,8 @@ class RuntimeRegistry:
         node_name: this node's name.
         options: ``runtimes.<name>`` config tables (name -> options).
         classes: runtime classes by name; defaults to the ``florete.wri`` entry points.
+        store: where events that runtimes report (``RuntimeContext.events``, e.g. image pulls)
+            are recorded for the task's pod; None drops them.
 
     Raises:
         ConfigError: options for a runtime that does not exist, or invalid options.
@@ -49,7 +54,9 @@ class RuntimeRegistry:
         node_name: str,
         options: Mapping[str, Mapping[str, Any]],
         classes: Mapping[str, type[WorkloadRuntime]] | None = None,
+        store: Store | None = None,
     ) -> None:
+        self.store = store
         classes = dict(classes if classes is not None else discover_runtimes())
         unknown = sorted(set(options) - set(classes))
         if unknown:
@@ -62,8 +69,27 @@ class RuntimeRegistry:
             opts = validate_runtime_options(name, options.get(name, {}), cls.OPTIONS, "config")
             directory = state_dir / "runtimes" / name
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.runtimes[name] = cls(RuntimeContext(directory, node_name, opts))
+            context = RuntimeContext(directory, node_name, opts, events=self.record_event)
+            self.runtimes[name] = cls(context)
         self._fingerprints: dict[str, tuple[float, Fingerprint]] = {}
+
+    def record_event(self, task_id: str, type_: str, reason: str, message: str) -> None:
+        """Record an event a runtime reports about a task, on the task's pod.
+
+        The pod is found by the uid that starts the task id (``<pod uid>-<container>-<attempt>``,
+        the uid a 36-character UUID). Never raises: an event of an unknown pod, or without a
+        store, is logged at DEBUG and dropped.
+        """
+        uid = task_id[:UID_LENGTH]
+        store = self.store
+        try:
+            pod = store.pod_by_uid(uid) if store is not None else None
+            if store is None or pod is None:
+                log.debug("event %s %s of task %s dropped: %s", type_, reason, task_id, message)
+                return
+            store.record_event(pod.namespace, pod.name, uid, type_, reason, message)
+        except Exception:  # an event must never fail the runtime's operation
+            log.exception("cannot record event %s of task %s", reason, task_id)
 
     async def fingerprint(self, name: str, fresh: bool = False) -> Fingerprint:
         """Return a runtime's fingerprint, cached for :data:`FINGERPRINT_TTL` seconds."""

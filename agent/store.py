@@ -272,6 +272,14 @@ class Store:
             raise NotFoundError(f'pods "{name}" not found')
         return _pod_from_row(row)
 
+    def pod_by_uid(self, uid: str) -> StoredPod | None:
+        """Return the pod with this uid, or None when there is none."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_POD_COLUMNS} FROM pods WHERE uid = ?", (uid,)
+            ).fetchone()
+        return None if row is None else _pod_from_row(row)
+
     def list_pods(self, namespace: str | None = None) -> list[StoredPod]:
         """Return pods ordered by namespace and name; all namespaces when ``namespace`` is None."""
         query = f"SELECT {_POD_COLUMNS} FROM pods"

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.podspec import Container, Pod, expand_vars
-from wri_plugins.api import ResourceLimits, TaskSpec
+from agent.podspec import Container, ContainerPort, Pod, expand_vars
+from wri_plugins.api import PortSpec, ResourceLimits, TaskSpec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _LABEL_REF = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
@@ -105,7 +105,9 @@ def build_task_spec(pod: Pod, container: Container, ctx: PodContext, attempt: in
         The task spec; its log goes to ``<ctx.log_dir>/<container>/<attempt>.log``.
     """
     env = container_env(pod, container, ctx)
-    argv = tuple(expand_vars(a, env) for a in (*container.command, *container.args))
+    command = tuple(expand_vars(a, env) for a in container.command)
+    args = tuple(expand_vars(a, env) for a in container.args)
+    security = container.security_context
     return TaskSpec(
         task_id=task_id(ctx.uid, container.name, attempt),
         pod_namespace=pod.metadata.namespace,
@@ -113,15 +115,32 @@ def build_task_spec(pod: Pod, container: Container, ctx: PodContext, attempt: in
         pod_uid=ctx.uid,
         container=container.name,
         image=container.image,
-        argv=argv,
+        argv=(*command, *args),
         env=env,
         working_dir=container.working_dir or (None if container.image else str(ctx.work_dir)),
         limits=ResourceLimits(
             cpu_millis=container.limits.cpu_millis, memory_bytes=container.limits.memory_bytes
         ),
         log_path=log_path(ctx, container.name, attempt),
-        ports=tuple((p.container_port, p.protocol) for p in container.ports),
+        ports=tuple(_port_spec(p) for p in container.ports),
+        image_pull_policy=container.image_pull_policy if container.image else None,
+        command=command,
+        args=args,
+        host_network=pod.spec.host_network,
+        pod_ports=tuple(
+            _port_spec(p)
+            for c in (*pod.spec.init_containers, *pod.spec.containers)
+            for p in c.ports
+            if p.host_port is not None
+        ),
+        run_as_user=security.run_as_user,
+        run_as_group=security.run_as_group,
+        read_only_root_fs=security.read_only_root_filesystem,
     )
+
+
+def _port_spec(port: ContainerPort) -> PortSpec:
+    return (port.container_port, port.protocol, port.host_port, port.host_ip)
 
 
 def log_path(ctx: PodContext, container: str, attempt: int) -> Path:

@@ -16,7 +16,7 @@ import abc
 import json
 import logging
 import signal as signal_module
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -80,6 +80,10 @@ class ResourceLimits:
     memory_bytes: int | None = None
 
 
+#: One container port of a :class:`TaskSpec`: ``(port, protocol, host_port, host_ip)``.
+PortSpec = tuple[int, str, int | None, str | None]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Everything a runtime needs to start one container of a Pod.
@@ -99,7 +103,22 @@ class TaskSpec:
         limits: resource limits.
         log_path: file the runtime writes the task's output to, in CRI log format
             (``<RFC 3339 time> <stdout|stderr> <F|P> <text>``).
-        ports: container ports as ``(port, protocol)`` pairs, informational for host processes.
+        ports: container ports as ``(port, protocol, host_port, host_ip)``: ``host_port`` is
+            None when the port is not published on the host, ``host_ip`` None for the runtime's
+            default address. Informational for host processes.
+        image_pull_policy: ``"Always"``, ``"IfNotPresent"`` or ``"Never"`` (the manifest's,
+            defaulted as Kubernetes does), or None for the runtime's own rule.
+        command: Kubernetes ``command`` resolved: replaces the image's ENTRYPOINT when not empty.
+        args: Kubernetes ``args`` resolved: replaces the image's CMD when not empty (with an
+            empty ``command`` the image's ENTRYPOINT stays).
+        host_network: the Pod uses the host's network namespace.
+        pod_ports: the ports of every container of the Pod that have a ``host_port``, in the
+            shape of ``ports``; a runtime that publishes them per Pod (podman) needs them all
+            when it creates the Pod with its first container.
+        run_as_user: uid the workload runs as, or None for the image's (container) or the
+            agent's (host process).
+        run_as_group: gid the workload runs as, or None for the default.
+        read_only_root_fs: mount the container's root filesystem read-only.
     """
 
     task_id: str
@@ -113,7 +132,15 @@ class TaskSpec:
     working_dir: str | None
     limits: ResourceLimits
     log_path: Path
-    ports: tuple[tuple[int, str], ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+    image_pull_policy: str | None = None
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    host_network: bool = False
+    pod_ports: tuple[PortSpec, ...] = ()
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    read_only_root_fs: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,11 +269,15 @@ class RuntimeContext:
         node_name: the node's human name.
         options: the runtime's section of the agent config (``runtimes.<name>``), already validated
             by the runtime's ``OPTIONS`` table.
+        events: records an event of a task's Pod, called as ``(task_id, type, reason,
+            message)`` with type ``"Normal"`` or ``"Warning"`` and a kubelet reason (e.g.
+            ``"Pulling"``), or None when nobody listens. Must not block; never raises.
     """
 
     state_dir: Path
     node_name: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    events: Callable[[str, str, str, str], None] | None = None
 
 
 class WorkloadRuntime(abc.ABC):

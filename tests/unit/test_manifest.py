@@ -22,6 +22,7 @@ from agent.podspec import (
     PodSpec,
     Probe,
     ResourceList,
+    SecurityContext,
     TCPSocketAction,
     expand_vars,
     split_field_path,
@@ -52,6 +53,12 @@ spec:
     command: [/bin/hub]
     args: [--listen, ":$(PORT)"]
     workingDir: /srv
+    securityContext:
+      runAsUser: 1000
+      runAsGroup: 1000
+      readOnlyRootFilesystem: true
+      privileged: false
+      allowPrivilegeEscalation: false
     env:
     - {name: PORT, value: "8080"}
     - name: NODE
@@ -135,6 +142,7 @@ FULL_POD = Pod(
                 startup_probe=Probe(
                     ExecAction(("/bin/hub", "--check")), failure_threshold=30, period_seconds=1
                 ),
+                security_context=SecurityContext(1000, 1000, read_only_root_filesystem=True),
             ),
         ),
         restart_policy="OnFailure",

@@ -192,6 +192,39 @@ BAD: list[tuple[str, Any, list[str]]] = [
         [f"{C0}.securityContext.privileged: not supported by florete-agent"],
     ),
     (
+        "allow-privilege-escalation",
+        pod({"securityContext": {"allowPrivilegeEscalation": True, "privileged": False}}),
+        [f"{C0}.securityContext.allowPrivilegeEscalation: not supported by florete-agent"],
+    ),
+    (
+        "run-as-user-negative",
+        pod({"securityContext": {"runAsUser": -1}}),
+        [f"{C0}.securityContext.runAsUser: must be an integer between 0 and 2147483647, got -1"],
+    ),
+    (
+        "run-as-group-string",
+        pod({"securityContext": {"runAsGroup": "1000"}}),
+        [
+            f"{C0}.securityContext.runAsGroup: "
+            'must be an integer between 0 and 2147483647, got "1000"'
+        ],
+    ),
+    (
+        "read-only-root-string",
+        pod({"securityContext": {"readOnlyRootFilesystem": "yes"}}),
+        [f'{C0}.securityContext.readOnlyRootFilesystem: must be true or false, got "yes"'],
+    ),
+    (
+        "run-as-non-root",
+        pod({"securityContext": {"runAsNonRoot": True}}),
+        [f"{C0}.securityContext.runAsNonRoot: not supported by florete-agent"],
+    ),
+    (
+        "security-context-typo",
+        pod({"securityContext": {"runAsUSer": 1}}),
+        [f'{C0}.securityContext.runAsUSer: unknown field, did you mean "runAsUser"?'],
+    ),
+    (
         "lifecycle",
         pod({"lifecycle": {"preStop": {"exec": {"command": ["x"]}}}}),
         [f"{C0}.lifecycle: not supported by florete-agent"],

@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,47 @@ async def test_image_pull_from_a_silent_registry_is_bounded(harness: Harness) ->
 
 async def test_missing_image_without_pull(harness: Harness) -> None:
     rt = harness.runtime(pull=False)
-    with pytest.raises(ImageError, match=r"^ErrImageNeverPull: image localhost/florete-none:1"):
+    with pytest.raises(ImageError, match=r'^ErrImageNeverPull: .*"localhost/florete-none:1"'):
         await rt.start(harness.spec(("true",), image="localhost/florete-none:1"))
+
+
+async def test_pull_policy_never_and_its_event(harness: Harness) -> None:
+    events: list[tuple[str, str, str, str]] = []
+    rt = harness.runtime()
+    rt.context = replace(rt.context, events=lambda *event: events.append(event))
+    spec = harness.spec(("true",), image="localhost/florete-none:1")
+    spec = replace(spec, image_pull_policy="Never")
+    with pytest.raises(ImageError, match=r"^ErrImageNeverPull: .*pull policy of Never"):
+        await rt.start(spec)
+    assert [(e[0], e[1], e[2]) for e in events] == [(spec.task_id, "Warning", "ErrImageNeverPull")]
+    present = replace(harness.spec(("true",)), image_pull_policy="Never")
+    handle = await harness.start(rt, present)
+    assert (await rt.wait(handle)).exit_code == 0
+
+
+async def test_pull_policy_always_needs_the_registry_even_for_a_local_image(
+    harness: Harness,
+) -> None:
+    """As the kubelet: Always asks the registry; one that cannot be reached is ErrImagePull."""
+    events: list[tuple[str, str, str, str]] = []
+    rt = harness.runtime(pull_timeout=20.0)
+    rt.context = replace(rt.context, events=lambda *event: events.append(event))
+    image = f"127.0.0.1:{closed_port()}/florete/local:1"
+    harness.env.podman("tag", podman_env.IMAGE, image)
+    try:
+        spec = replace(harness.spec(("true",), image=image), image_pull_policy="Always")
+        with pytest.raises(ImageError, match=r"^ErrImagePull: "):
+            await rt.start(spec)
+        assert [e[2] for e in events] == ["Pulling", "Failed"]
+        assert events[0][3] == f'Pulling image "{image}"'
+        assert events[1][3].startswith(f'Failed to pull image "{image}": ')
+        events.clear()
+        spec = replace(harness.spec(("true",), image=image), image_pull_policy="IfNotPresent")
+        handle = await harness.start(rt, spec)
+        assert (await rt.wait(handle)).exit_code == 0
+        assert events == []  # present: no pull
+    finally:
+        harness.env.podman("untag", image, image)
 
 
 async def test_containers_of_a_pod_share_its_network_namespace(harness: Harness) -> None:
@@ -180,6 +220,24 @@ async def test_containers_of_a_pod_share_its_network_namespace(harness: Harness)
     await rt.destroy(server, force=True)  # the last container of the pod: the pod goes too
     assert harness.env.podman("pod", "exists", server.state["pod"], check=False).returncode == 1
     assert [r.text for r in await harness.collect(rt, client)] == texts  # logs stay
+
+
+async def test_host_network_pod_listens_on_the_host(harness: Harness) -> None:
+    rt = harness.runtime()
+    port = closed_port()
+    serve = f"echo ready; echo hello | nc -l -p {port}"
+    spec = replace(harness.spec(("sh", "-c", serve)), host_network=True)
+    handle = await harness.start(rt, spec)
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except ConnectionRefusedError:
+                await asyncio.sleep(0.05)
+    assert await reader.read() == b"hello\n"
+    writer.close()
+    assert (await rt.wait(handle)).exit_code == 0  # the host reached it: no port mapping
 
 
 async def test_exited_without_agent_is_reported_not_restarted(harness: Harness) -> None:
@@ -290,3 +348,12 @@ def test_own_socket_fits_a_unix_address(tmp_path: Path) -> None:
     path = own_socket(deep)
     assert len(str(path)) <= MAX_SOCKET_PATH
     assert path == own_socket(deep) != own_socket(tmp_path / ("e" * 120))
+
+
+async def test_security_context_user_and_read_only_root(harness: Harness) -> None:
+    rt = harness.runtime()
+    argv = ("sh", "-c", "id -u; id -g; touch /x 2>/dev/null || echo read-only")
+    spec = replace(harness.spec(argv), run_as_user=1000, run_as_group=1001, read_only_root_fs=True)
+    handle = await harness.start(rt, spec)
+    assert (await rt.wait(handle)).exit_code == 0
+    assert [r.text for r in await harness.collect(rt, handle)] == [b"1000", b"1001", b"read-only"]

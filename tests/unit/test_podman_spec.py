@@ -25,8 +25,10 @@ from wri_plugins.podman.spec import (
     container_name,
     pod_body,
     pod_name,
+    pod_network,
     resource_limits,
     safe_name,
+    task_port_mappings,
 )
 
 PODMAN_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -103,6 +105,47 @@ def test_empty_argv_keeps_the_image_default() -> None:
     body = container_body(make_spec(argv=()), None, log_max_bytes=0)
     assert not {"entrypoint", "command", "pod", "resource_limits", "work_dir"} & body.keys()
     assert "size" not in body["log_configuration"]
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "expected"),
+    [
+        (("sh", "-c"), ("echo hi",), {"entrypoint": ["sh", "-c"], "command": ["echo hi"]}),
+        (("sh",), (), {"entrypoint": ["sh"]}),  # command alone: the image's CMD is dropped
+        ((), ("-h",), {"command": ["-h"]}),  # args alone: the image's ENTRYPOINT stays
+    ],
+)
+def test_command_and_args_map_to_entrypoint_and_command(
+    command: tuple[str, ...], args: tuple[str, ...], expected: dict[str, Any]
+) -> None:
+    spec = make_spec(argv=(*command, *args), command=command, args=args)
+    body = container_body(spec, None, log_max_bytes=0)
+    assert {k: body[k] for k in ("entrypoint", "command") if k in body} == expected
+
+
+@pytest.mark.parametrize(
+    ("uid", "gid", "user"), [(1000, None, "1000"), (1000, 50, "1000:50"), (None, 50, "0:50")]
+)
+def test_security_context_maps_to_user_and_read_only(
+    uid: int | None, gid: int | None, user: str
+) -> None:
+    spec = make_spec(run_as_user=uid, run_as_group=gid, read_only_root_fs=True)
+    body = container_body(spec, None, log_max_bytes=0)
+    assert (body["user"], body["read_only_filesystem"]) == (user, True)
+    plain = container_body(make_spec(), None, log_max_bytes=0)
+    assert not {"user", "read_only_filesystem"} & plain.keys()
+
+
+def test_host_ports_of_the_whole_pod_and_host_network() -> None:
+    ports = ((80, "TCP", 8080, None), (81, "TCP", None, None))
+    spec = make_spec(ports=ports, pod_ports=((80, "TCP", 8080, None), (53, "UDP", 53, "::1")))
+    assert task_port_mappings(spec) == [
+        PortMapping(80, 8080, "TCP", None),
+        PortMapping(53, 53, "UDP", "::1"),
+    ]
+    assert task_port_mappings(make_spec(ports=ports)) == [PortMapping(80, 8080, "TCP", None)]
+    assert pod_network(make_spec(host_network=True), "bridge") == "host"
+    assert pod_network(make_spec(), "none") == "none"
 
 
 def test_tiny_cpu_limits_get_the_kernel_minimum() -> None:

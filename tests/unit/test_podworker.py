@@ -9,11 +9,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent.errors import WorkloadError
 from agent.manifest import parse_pod, pod_to_manifest
 from agent.podworker import BackoffSettings, PodWorker
 from agent.store import Store
 from agent.taskspec import PodContext, build_task_spec
-from wri_plugins.api import RuntimeContext, TaskHandle
+from wri_plugins.api import RuntimeContext, TaskHandle, TaskSpec
 from wri_plugins.process import ProcessRuntime
 
 MANIFEST = {
@@ -102,3 +103,59 @@ async def test_detached_worker_leaves_the_workload_running(rig: Rig) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class _NoImage(ProcessRuntime):
+    """A runtime whose every start fails as a missing image does."""
+
+    def __init__(self, context: RuntimeContext, message: str) -> None:
+        super().__init__(context)
+        self.message = message
+        self.starts = 0
+
+    async def start(self, spec: TaskSpec) -> TaskHandle:
+        self.starts += 1
+        raise WorkloadError(self.message)
+
+
+@pytest.mark.parametrize(
+    ("message", "first", "backing_off"),
+    [
+        ("ErrImagePull: pulling image x: connection refused", "ErrImagePull", "ImagePullBackOff"),
+        ("ErrImageNeverPull: not present", "ErrImageNeverPull", "ErrImageNeverPull"),
+    ],
+)
+async def test_image_errors_wait_with_the_kubelets_reasons(
+    rig: Rig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    message: str,
+    first: str,
+    backing_off: str,
+) -> None:
+    runtime = _NoImage(RuntimeContext(tmp_path / "rt", "node", {}), message)
+    stored = rig.store.get_pod("default", "w")
+    main = {"name": "main", "command": ["x"]}
+    never = parse_pod({**MANIFEST, "spec": {"restartPolicy": "Never", "containers": [main]}})
+    worker = PodWorker(stored, never, runtime, rig.store, rig.ctx, BackoffSettings(0.2, 0.2, 60.0))
+    seen: list[str] = []
+    publish = worker._publish
+
+    def record() -> None:
+        reason = worker.statuses["main"].state.reason
+        if not seen or seen[-1] != reason:
+            seen.append(reason)
+        publish()
+
+    monkeypatch.setattr(worker, "_publish", record)
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(worker.run())
+        async with asyncio.timeout(5):
+            while runtime.starts < 3:  # noqa: ASYNC110 - restartPolicy Never still retries
+                await asyncio.sleep(0.01)
+        task.cancel()
+    expected = list(dict.fromkeys([first, backing_off]))
+    assert seen[seen.index(first) :][: len(expected)] == expected
+    reasons = [e.reason for e in rig.store.events("default", "w")]
+    assert "Failed" in reasons
+    assert ("BackOff" in reasons) == (first == "ErrImagePull")

@@ -19,6 +19,7 @@ from wri_plugins.api import ResourceLimits, RuntimeContext, TaskHandle, TaskSpec
 from wri_plugins.process import ProcessRuntime, launch
 from wri_plugins.process.cgroups import Cgroups
 from wri_plugins.process.procs import wait_for_exit
+from wri_plugins.process.runtime import _user_args
 from wri_plugins.process.state import read_exit_record
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -292,3 +293,26 @@ async def test_shims_come_from_one_fork_server_that_restarts_when_killed(
     await rt.close()
     assert not [p for p in psutil.Process().children() if "serve" in p.cmdline()]
     assert (await rt.inspect(first)).running  # the server's end is not the tasks' end
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+async def test_run_as_user_and_group_as_root(rt: ProcessRuntime, tmp_path: Path) -> None:
+    argv = ("sh", "-c", "id -u; id -g; id -G")
+    handle = await rt.start(spec(tmp_path, *argv, run_as_user=65534, run_as_group=65533))
+    assert (await rt.wait(handle)).exit_code == 0
+    assert await texts(rt, handle) == [b"65534", b"65533", b"65533"]
+
+
+def test_run_as_another_user_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getegid", lambda: 1000)
+    assert _user_args(spec(tmp_path, "true", run_as_user=1000, run_as_group=1000)) == ()
+    with pytest.raises(WorkloadError, match="runAsUser 0 / runAsGroup None: the agent runs as"):
+        _user_args(spec(tmp_path, "true", run_as_user=0))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert _user_args(spec(tmp_path, "true", run_as_user=5, run_as_group=6)) == (
+        "--uid",
+        "5",
+        "--gid",
+        "6",
+    )

@@ -22,7 +22,7 @@ from agent.errors import WorkloadError
 from wri_plugins.api import TaskSpec
 from wri_plugins.podman.libpod import LibpodError, quote_name
 from wri_plugins.podman.service import PodmanService
-from wri_plugins.podman.spec import pod_body
+from wri_plugins.podman.spec import pod_body, pod_network, task_port_mappings
 
 _log = logging.getLogger(__name__)
 
@@ -83,14 +83,15 @@ class Pods:
                 raise WorkloadError(f"cannot look up pod {pod}: {err}") from err
         else:
             return
-        body = pod_body(spec, self._network, (), self._host_ip)
+        network = pod_network(spec, self._network)
+        body = pod_body(spec, network, task_port_mappings(spec), self._host_ip)
         try:
             await self._service.call("POST", "/pods/create", body=body)
         except LibpodError as err:
             if err.status != 409 and "already exists" not in str(err):
                 raise WorkloadError(f"cannot create pod {pod}: {err}") from err
         else:
-            _log.info("created pod %s (network %s)", pod, self._network)
+            _log.info("created pod %s (network %s)", pod, network)
 
     async def remove_container(self, container: str, pod: str) -> None:
         """Remove a container, killing it if it runs, then its pod if nothing else is in it.

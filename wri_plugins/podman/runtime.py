@@ -12,10 +12,14 @@ Pod = podman pod       Created with the Pod's first container (WRI starts contai
                        Pod reach each other on 127.0.0.1. Removed with its last container.
 Network ``bridge``     A network namespace per Pod on podman's default network, as Kubernetes
                        gives each Pod its own; option ``network``: ``bridge``, ``host``, ``none``.
-hostPorts on           Published only on ``host_ip`` (default 127.0.0.1), never on every address
-127.0.0.1              unless configured. TaskSpec carries no hostPort yet: nothing is published.
-argv = entrypoint      The resolved command line replaces the image's ENTRYPOINT and CMD; an
-                       empty argv keeps both (Kubernetes with neither command nor args).
+hostPorts on           Every container's hostPort of the Pod (``TaskSpec.pod_ports``) is published
+127.0.0.1              with the podman pod, on the port's ``hostIP`` if set, else on option
+                       ``host_ip`` (default 127.0.0.1), never on every address unless configured.
+hostNetwork = host     A ``hostNetwork`` Pod's podman pod uses the host network (no mapping).
+command / args         Kubernetes ``command`` -> podman entrypoint, ``args`` -> podman command:
+                       command alone drops the image's CMD, args alone keep its ENTRYPOINT.
+securityContext        runAsUser/runAsGroup -> ``user``, readOnlyRootFilesystem ->
+                       ``read_only_filesystem``; never privileged (the manifest refuses it).
 Logs: CRI file         conmon writes a ``k8s-file`` log (CRI format) at ``TaskSpec.log_path``;
                        ``logs()`` reads it. Podman 4.3's logs endpoint serves the same file with
                        timestamps cut to whole seconds, too coarse for ``since``.
@@ -28,8 +32,11 @@ Lost = conmon gone     A container podman calls running whose conmon died (host 
                        has no exit record: ``recover`` says False, ``wait`` reports 137. This
                        needs the agent in podman's PID namespace (it shares its socket anyway).
 OOM from two sources   podman's ``OOMKilled``, or, when it says no, the kernel log (see ``oom``).
-Images                 Local image first; pull when missing and option ``pull`` allows, bounded
-                       by ``pull_timeout``; errors start with ``ErrImagePull:``.
+Images                 imagePullPolicy as the kubelet: Never uses the local image only
+                       (``ErrImageNeverPull:``), IfNotPresent pulls when missing, Always pulls
+                       each time, so an unreachable registry is ``ErrImagePull:`` even when the
+                       image is local. Option ``pull`` false forbids every pull. Pulls are
+                       bounded by ``pull_timeout`` and reported as Pulling/Pulled/Failed events.
 =====================  ==========================================================================
 """
 
@@ -60,7 +67,7 @@ from wri_plugins.api import (
     WorkloadRuntime,
 )
 from wri_plugins.podman.execs import run_exec
-from wri_plugins.podman.images import ImagePuller
+from wri_plugins.podman.images import EventSink, ImagePuller
 from wri_plugins.podman.libpod import LibpodError, quote_name
 from wri_plugins.podman.oom import kernel_saw_oom_kill
 from wri_plugins.podman.options import OPTIONS, validate
@@ -118,7 +125,7 @@ class PodmanRuntime(WorkloadRuntime):
     own), ``start_service`` (start ``podman system service`` when no API answers),
     ``podman`` (executable), ``containers_conf`` (``CONTAINERS_CONF`` of a started service),
     ``network`` (``bridge``, ``host``, ``none``), ``host_ip`` (address hostPorts bind to),
-    ``pull`` (pull missing images), ``pull_timeout`` (seconds), ``log_max_bytes`` (conmon
+    ``pull`` (pulls allowed at all), ``pull_timeout`` (seconds), ``log_max_bytes`` (conmon
     truncates a log above this size; 0 unlimited).
     """
 
@@ -153,6 +160,16 @@ class PodmanRuntime(WorkloadRuntime):
         self._lost_tasks: set[str] = set()  # warned about once each
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _task_events(self, task_id: str) -> EventSink:
+        """An event sink for one task: the context's ``events`` callback, or a no-op."""
+        record = self.context.events
+
+        def sink(kind: str, reason: str, message: str) -> None:
+            if record is not None:
+                record(task_id, kind, reason, message)
+
+        return sink
 
     def _ref(self, handle: TaskHandle) -> str:
         """The container of a handle: its id, or the name derived from the task id."""
@@ -293,7 +310,9 @@ class PodmanRuntime(WorkloadRuntime):
             raise WorkloadError(
                 f"task {spec.task_id}: the podman runtime runs images; the container has none"
             )
-        await self._images.ensure(self._service, spec.image)
+        await self._images.ensure(
+            self._service, spec.image, spec.image_pull_policy, self._task_events(spec.task_id)
+        )
         await asyncio.to_thread(spec.log_path.parent.mkdir, parents=True, exist_ok=True)
         pod = pod_name(spec.pod_namespace, spec.pod_name, spec.pod_uid)
         body = container_body(spec, pod, self._log_max_bytes)

@@ -100,6 +100,20 @@ def port_mappings(ports: Iterable[PortMapping], default_host_ip: str) -> list[di
     ]
 
 
+def task_port_mappings(spec: TaskSpec) -> list[PortMapping]:
+    """The hostPorts of the task's Pod (``spec.pod_ports``, else its own ``spec.ports``)."""
+    return [
+        PortMapping(port, host_port, protocol, host_ip)
+        for port, protocol, host_port, host_ip in (spec.pod_ports or spec.ports)
+        if host_port is not None
+    ]
+
+
+def pod_network(spec: TaskSpec, default: str) -> str:
+    """The pod's network mode: ``host`` for a ``hostNetwork`` Pod, else the runtime's option."""
+    return "host" if spec.host_network else default
+
+
 def labels(spec: TaskSpec) -> dict[str, str]:
     """Labels that tie podman objects to the Pod and the task (``io.florete.*``)."""
     return {
@@ -167,10 +181,15 @@ def resource_limits(limits: ResourceLimits) -> dict[str, Any]:
 def container_body(spec: TaskSpec, pod: str | None, log_max_bytes: int) -> dict[str, Any]:
     """The ``SpecGenerator`` of the task's container.
 
-    ``argv`` becomes the entrypoint with no command, so it is exactly the command line; an empty
-    ``argv`` keeps the image's ENTRYPOINT and CMD. The environment is added to the image's. The
-    log is a ``k8s-file`` (CRI format) at ``spec.log_path``, written by conmon; the container is
-    never restarted by podman (``restart_policy: no``): restarts are the agent's.
+    Kubernetes ``command`` becomes the entrypoint and ``args`` the command, so ``command``
+    alone drops the image's CMD, ``args`` alone keep its ENTRYPOINT, neither keeps both
+    (podman's ``makeCommand`` uses the image's CMD only when no entrypoint is given). A spec
+    with ``argv`` but neither (not built from a Pod) runs exactly ``argv`` as the entrypoint.
+    ``run_as_user``/``run_as_group`` become ``user`` (``uid[:gid]``; podman needs a user
+    with a group, so a gid alone runs as uid 0 with that group, not as the image's user);
+    ``read_only_root_fs`` becomes ``read_only_filesystem``. The environment is added to the
+    image's. The log is a ``k8s-file`` (CRI format) at ``spec.log_path``, written by conmon;
+    the container is never restarted by podman (``restart_policy: no``): restarts are the agent's.
 
     Args:
         spec: the task; ``spec.image`` must be set.
@@ -191,8 +210,18 @@ def container_body(spec: TaskSpec, pod: str | None, log_max_bytes: int) -> dict[
         body["log_configuration"]["size"] = log_max_bytes
     if pod is not None:
         body["pod"] = pod
-    if spec.argv:
+    if spec.command or spec.args:
+        if spec.command:
+            body["entrypoint"] = list(spec.command)
+        if spec.args:
+            body["command"] = list(spec.args)
+    elif spec.argv:
         body["entrypoint"] = list(spec.argv)
+    if spec.run_as_user is not None or spec.run_as_group is not None:
+        uid = "" if spec.run_as_user is None else str(spec.run_as_user)
+        body["user"] = uid if spec.run_as_group is None else f"{uid or 0}:{spec.run_as_group}"
+    if spec.read_only_root_fs:
+        body["read_only_filesystem"] = True
     if spec.working_dir:
         body["work_dir"] = spec.working_dir
         body["create_working_dir"] = True

@@ -114,6 +114,8 @@ class Report:
         reason = os.strerror(errno) if errno else "failed"
         if stage == "cgroup":
             raise WorkloadError(f"{argv0}: cannot join its cgroup: {reason}")
+        if stage == "user":
+            raise WorkloadError(f"{argv0}: cannot switch to runAsUser/runAsGroup: {reason}")
         raise WorkloadError(f"{argv0}: {reason}")
 
 

@@ -74,6 +74,32 @@ class _Prepared:
     cwd: str
     executable: str
     cgroups: list[Path]
+    user_args: tuple[str, ...] = ()
+
+
+def _user_args(spec: TaskSpec) -> tuple[str, ...]:
+    """Shim arguments for ``run_as_user``/``run_as_group``.
+
+    As root the workload child switches to them (``--uid``/``--gid``); otherwise it can only run
+    as the agent's own uid and gid, so any other value is refused.
+
+    Raises:
+        WorkloadError: not root and the spec asks for another uid or gid.
+    """
+    uid, gid = spec.run_as_user, spec.run_as_group
+    if os.geteuid() != 0:
+        if (uid is not None and uid != os.geteuid()) or (gid is not None and gid != os.getegid()):
+            raise WorkloadError(
+                f"runAsUser {uid} / runAsGroup {gid}: the agent runs as uid {os.geteuid()} "
+                f"gid {os.getegid()} and can start host processes only as itself"
+            )
+        return ()
+    args: tuple[str, ...] = ()
+    if uid is not None:
+        args += ("--uid", str(uid))
+    if gid is not None:
+        args += ("--gid", str(gid))
+    return args
 
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm", "i686": "386"}
@@ -168,7 +194,8 @@ class ProcessRuntime(WorkloadRuntime):
         Raises:
             WorkloadError: empty argv, an image was given, bad task id, missing working dir,
                 executable not found or not executable, task already exists, cgroup or shim
-                failure.
+                failure, or ``run_as_user``/``run_as_group`` other than the agent's when the
+                agent is not root (as root the workload switches to them before exec).
         """
         prep = await asyncio.to_thread(self._prepare, spec)
         task_dir, cgroups = prep.task_dir, prep.cgroups
@@ -181,6 +208,7 @@ class ProcessRuntime(WorkloadRuntime):
                 "--log-max-bytes", str(self._log_max_bytes),
                 "--log-max-files", str(self._log_max_files),
                 *(arg for d in cgroups for arg in ("--cgroup", str(d))),
+                *prep.user_args,
                 "--", prep.executable, *spec.argv,
             ]  # fmt: skip
             started_at = time.time()
@@ -227,6 +255,7 @@ class ProcessRuntime(WorkloadRuntime):
             raise WorkloadError(f"process runtime runs host commands, not images ({spec.image})")
         if not spec.task_id or "/" in spec.task_id or spec.task_id in (".", ".."):
             raise WorkloadError(f"task id {spec.task_id!r} is not a file name")
+        user_args = _user_args(spec)
         cwd = spec.working_dir or "/"
         if not os.path.isdir(cwd):
             raise WorkloadError(f"working directory {cwd} does not exist")
@@ -253,7 +282,7 @@ class ProcessRuntime(WorkloadRuntime):
             Cgroups.remove([d for d in cgroups if d.exists()])
             shutil.rmtree(task_dir, ignore_errors=True)
             raise WorkloadError(f"cannot prepare task {spec.task_id}: {err}") from err
-        return _Prepared(task_dir, cwd, executable, cgroups)
+        return _Prepared(task_dir, cwd, executable, cgroups, user_args)
 
     async def _discard(
         self, task_dir: Path, cgroups: list[Path], started: launch.Launch | None

@@ -5,6 +5,8 @@ shim detaches (forks; the runtime reaps the first process at once, so the shim i
 outlives the agent), then:
 
 1. forks the workload, which puts itself in its own process group and in the task's cgroups,
+   switches to ``--gid`` and ``--uid`` when given (the shim runs as root then; the gid becomes
+   the only supplementary group; a failure is stage ``user``),
    resets the signal dispositions Python changed and execs ``EXECUTABLE`` with the task's
    environment (read from ``--env-file``: NUL-separated ``KEY=VALUE``, so the environment is
    exactly the task's, untouched by Python's locale coercion);
@@ -230,14 +232,28 @@ def _write_exit_record(task_dir: str, status: int, cgroups: list[str]) -> None:
         os.close(dfd)
 
 
+#: What the workload child sets up: cgroups, oom_score_adj, then uid and gid (-1: keep).
+Setup = tuple[list[str], bytes, int, int]
+
+
+def _switch_user(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` (-1: keep), the gid also the only supplementary group."""
+    if gid >= 0 or uid >= 0:
+        os.setgroups([gid if gid >= 0 else os.getgid()])
+    if gid >= 0:
+        os.setgid(gid)
+    if uid >= 0:
+        os.setuid(uid)
+
+
 def _child(
     argv: list[str],
     env: dict[bytes, bytes],
-    setup: tuple[list[str], bytes],
+    setup: Setup,
     pipes: tuple[int, int, int],
 ) -> None:
     """In the forked child: set up and exec the workload; never returns."""
-    cgroups, oom_score_adj = setup
+    cgroups, oom_score_adj, uid, gid = setup
     out_w, err_w, status_w = pipes
     stage = b"setup"
     try:
@@ -250,6 +266,9 @@ def _child(
                 f.write(oom_score_adj)
         except OSError:
             pass
+        stage = b"user"
+        _switch_user(uid, gid)
+        stage = b"setup"
         _reset_signals()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -265,9 +284,7 @@ def _child(
         os._exit(126)
 
 
-def _start(
-    argv: list[str], env: dict[bytes, bytes], setup: tuple[list[str], bytes]
-) -> tuple[int, bytes, list[int]]:
+def _start(argv: list[str], env: dict[bytes, bytes], setup: Setup) -> tuple[int, bytes, list[int]]:
     """Fork the workload; return its pid, the failure (``b""`` if it exec'd) and its pipes."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -405,7 +422,8 @@ def run(opts: dict[str, list[str]], argv: list[str]) -> int:
     os.set_blocking(wake_w, False)
     sig.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     sig.signal(sig.SIGCHLD, lambda _s, _f: None)
-    pid, failure, fds = _start(argv, env, (cgroups, oom_score_adj))
+    uid, gid = int(opts.get("--uid", ["-1"])[0]), int(opts.get("--gid", ["-1"])[0])
+    pid, failure, fds = _start(argv, env, (cgroups, oom_score_adj, uid, gid))
 
     def forward(signum: int, _frame: object) -> None:
         try:
