@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv test lint typecheck pytest demo bench clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: all venv test lint typecheck pytest demo bench bench-full clean
 
 all: test
 
@@ -31,8 +33,15 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	FLORETE_INTERFACES=lo $(BIN)/python -m agent.demo
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	FLORETE_INTERFACES=lo $(BIN)/python -m bench
+
+bench-full: $(BENCH_STAMP)
+	FLORETE_INTERFACES=lo $(BIN)/python -m bench --full
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -416,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", parents=[common], help="print client and agent versions")
     p.add_argument("--client", action="store_true", help="client version only")
     p.set_defaults(func=cmd_version)
+
+    from agent.cli_links import add_parsers  # radio-sim, link test
+
+    add_parsers(sub)
     return parser
 
 

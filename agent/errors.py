@@ -120,6 +120,14 @@ class WorkloadError(LocalError):
     http_status = 500
 
 
+class LocalProtocolError(LocalError):
+    """This side asked a protocol core for something its state does not allow (a bug in the
+    caller, as h11's ``LocalProtocolError``): an event with no entry in a state table, data on a
+    closed session, a message longer than the protocol carries."""
+
+    code = "local_protocol"
+
+
 class RemoteProtocolError(RemoteError):
     """Bytes received from a peer or a device do not follow the protocol."""
 

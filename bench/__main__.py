@@ -1,0 +1,23 @@
+"""``make bench``: every benchmark, each figure beside the anchor measured in the same run.
+
+``python -m bench`` runs the agent benchmarks and the link benchmarks on 32 KiB per cell (about
+10 minutes); ``python -m bench --full`` runs the links on 256 KiB, three runs per cell (about 30
+minutes on 2 cores), the figures in docs/links.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench import agent, arq
+
+
+def main() -> None:
+    """Run the agent benchmarks, then the link (ARQ) benchmarks."""
+    agent.main()
+    print()
+    arq.main([] if "--full" in sys.argv[1:] else ["--quick"])
+
+
+if __name__ == "__main__":
+    main()

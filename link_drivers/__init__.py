@@ -1,0 +1,1 @@
+"""Link drivers: the interface (``api``), framing, the ARQ core and the drivers."""
