@@ -180,27 +180,16 @@ class PodmanService:
         return "start"
 
     async def _find_or_start(self) -> LibpodClient:
-        own = self._configured or own_socket(self._state_dir)
-        candidates = [own] if self._configured else [default_socket(), own]
-        for path in candidates:
-            client = LibpodClient(path)
-            if await client.ping():
-                if path == own:
-                    self._adopt(path)
-                _log.debug("podman API at %s answers", path)
-                return client
-        tried = " or ".join(str(p) for p in candidates)
-        binary = shutil.which(self._podman)
-        if binary is None:
-            raise RuntimeUnavailableError(
-                f"podman is not installed (no executable {self._podman!r} on PATH) and no "
-                f"libpod API answers at {tried}"
-            )
-        if not self._start:
-            raise RuntimeUnavailableError(
-                f"no libpod API answers at {tried}, and runtimes.podman.start_service is false"
-            )
-        return await self._spawn(binary, own)
+        missing = await self.find()
+        if missing == "start":
+            binary = shutil.which(self._podman)
+            if binary is not None:
+                return await self._spawn(binary, self._configured or own_socket(self._state_dir))
+            missing = f"podman is not installed (no executable {self._podman!r} on PATH)"
+        if missing is not None or self._client is None:
+            raise RuntimeUnavailableError(missing or "no libpod API answers")
+        _log.debug("podman API at %s answers", self._client.socket_path)
+        return self._client
 
     def _adopt(self, path: Path) -> None:
         """Take over a service an earlier agent started on our socket (from its pid file)."""
