@@ -161,6 +161,7 @@ class PodStatusInput:
     created_at: float
     now: float
     qos_class: str
+    pod_ip: str = ""
     transitions: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     message: str = ""
@@ -250,8 +251,8 @@ def pod_status(data: PodStatusInput) -> dict[str, Any]:
         "conditions": conditions,
         "hostIP": data.host_ip,
         "hostIPs": [{"ip": data.host_ip}],
-        "podIP": data.host_ip,
-        "podIPs": [{"ip": data.host_ip}],
+        "podIP": data.pod_ip or data.host_ip,
+        "podIPs": [{"ip": data.pod_ip or data.host_ip}],
         "startTime": rfc3339(data.start_time),
         "containerStatuses": [s.to_k8s() for s in data.statuses],
         "qosClass": data.qos_class,

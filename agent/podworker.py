@@ -31,7 +31,7 @@ from agent.podstatus import (
     PodStatusInput,
     pod_status,
 )
-from agent.probes import ProbeTracker, run_probe
+from agent.probes import DEFAULT_HOST, ProbeTracker, run_probe
 from agent.store import Store, StoredPod
 from agent.taskspec import PodContext, build_task_spec, log_path
 from wri_plugins.api import ExitResult, TaskHandle, WorkloadRuntime
@@ -113,6 +113,7 @@ class PodWorker:
         self._created_at = stored.created_at
         previous = stored.status
         self._start_time: float | None = None
+        self._pod_ip: str | None = None  # the pod's own network namespace, when it has one
         self._transitions: dict[str, float] = {}
         self.init_statuses = self._restore(
             pod.spec.init_containers, previous.get("initContainerStatuses", [])
@@ -146,6 +147,7 @@ class PodWorker:
                 statuses=list(self.statuses.values()),
                 initialized=self.initialized,
                 host_ip=self.ctx.host_ip,
+                pod_ip=self._pod_ip or self.ctx.host_ip,
                 start_time=self._start_time or self._created_at,
                 created_at=self._created_at,
                 now=time.time(),
@@ -363,6 +365,7 @@ class PodWorker:
     ) -> tuple[ExitResult, float]:
         """Mark the container running, run its probes, and wait until it exits."""
         info = await self.runtime.inspect(handle)
+        self._pod_ip = info.ip or self._pod_ip
         status.state = ContainerState("running", started_at=info.started_at)
         status.started = c.startup_probe is None
         status.ready = status.started and c.readiness_probe is None
@@ -417,7 +420,7 @@ class PodWorker:
 
         while True:
             try:
-                result = await run_probe(probe, exec_fn)
+                result = await run_probe(probe, exec_fn, self._pod_ip or DEFAULT_HOST)
             except FloreteError as err:
                 result_ok, message = False, str(err)
             else:

@@ -84,24 +84,26 @@ class ProbeTracker:
         return self._failures
 
 
-async def run_probe(probe: Probe, exec_fn: ExecFn) -> ProbeResult:
+async def run_probe(probe: Probe, exec_fn: ExecFn, default_host: str = DEFAULT_HOST) -> ProbeResult:
     """Run one attempt of ``probe``, bounded by its ``timeout_seconds``.
 
     Args:
         probe: the probe.
         exec_fn: runs a command inside the container; returns (exit code, output).
+        default_host: where httpGet and tcpSocket connect when the probe names no host: the
+            pod's IP when it has its own network namespace, else ``127.0.0.1``.
 
     Returns:
         The result; a timeout is a failure with message ``"timeout after N s"``.
     """
     try:
         async with asyncio.timeout(probe.timeout_seconds):
-            return await _attempt(probe, exec_fn)
+            return await _attempt(probe, exec_fn, default_host)
     except TimeoutError:
         return ProbeResult(False, f"timeout after {probe.timeout_seconds} s")
 
 
-async def _attempt(probe: Probe, exec_fn: ExecFn) -> ProbeResult:
+async def _attempt(probe: Probe, exec_fn: ExecFn, default_host: str) -> ProbeResult:
     action = probe.action
     if isinstance(action, ExecAction):
         code, output = await exec_fn(action.command)
@@ -110,7 +112,7 @@ async def _attempt(probe: Probe, exec_fn: ExecFn) -> ProbeResult:
         text = output.decode(errors="replace").strip()
         return ProbeResult(False, f"command exited with {code}" + (f": {text}" if text else ""))
     if isinstance(action, TCPSocketAction):
-        host = action.host or DEFAULT_HOST
+        host = action.host or default_host
         try:
             _, writer = await asyncio.open_connection(host, action.port)
         except OSError as err:
@@ -118,11 +120,11 @@ async def _attempt(probe: Probe, exec_fn: ExecFn) -> ProbeResult:
         writer.close()
         await writer.wait_closed()
         return ProbeResult(True)
-    return await _http_get(action)
+    return await _http_get(action, default_host)
 
 
-async def _http_get(action: HTTPGetAction) -> ProbeResult:
-    host = action.host or DEFAULT_HOST
+async def _http_get(action: HTTPGetAction, default_host: str) -> ProbeResult:
+    host = action.host or default_host
     url = f"{action.scheme.lower()}://{host}:{action.port}{action.path}"
     context = None
     if action.scheme == "HTTPS":

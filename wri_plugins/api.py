@@ -205,12 +205,15 @@ class TaskStatus:
         pid: main process id on this host, when there is one.
         started_at: wall-clock start time, seconds since the epoch.
         exit: how it ended, once it has.
+        ip: the address of the task's own network namespace (a podman pod's IP), or None when
+            it shares the host's network; probes without a host and ``status.podIP`` use it.
     """
 
     running: bool
     pid: int | None
     started_at: float
     exit: ExitResult | None = None
+    ip: str | None = None
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,9 @@ spec:
       command: ["/bin/sh", "-c"]
       args: [{json.dumps(serve)}]
       ports: [{{containerPort: 8080, hostPort: {host_port}}}]
+      readinessProbe:  # no host: it must reach the pod's own IP, not the agent's 127.0.0.1
+        httpGet: {{path: /index.html, port: 8080}}
+        periodSeconds: 1
     - name: client
       image: {podman_env.IMAGE}
       imagePullPolicy: IfNotPresent
@@ -93,8 +96,10 @@ def test_two_containers_share_the_pod_network_and_pull_policy_never(
     try:
         host_port = free_port()
         assert agent.apply(web_pod(host_port)).strip() == "pod/web created"
-        pod = agent.wait_running("web", timeout=30)
+        pod = agent.wait_running("web", timeout=30)  # ready: the probe reached the pod's IP
         uids.append(pod["metadata"]["uid"])
+        assert pod["status"]["podIP"] not in ("", "127.0.0.1")
+        assert pod["status"]["hostIP"] == "127.0.0.1"
         assert len(podman_pods(env, uids[0])) == 1
         table = agent.cli("get", "pods").stdout
         assert "web" in table

@@ -427,7 +427,9 @@ class PodmanRuntime(WorkloadRuntime):
         if info is None:
             raise WorkloadError(f"task {handle.task_id}: no container {self._ref(handle)}")
         if now == "running":
-            return TaskStatus(running=True, pid=info.pid, started_at=info.started_at)
+            return TaskStatus(
+                running=True, pid=info.pid, started_at=info.started_at, ip=info.ip or None
+            )
         result = await self._exit(handle, info, now)
         return TaskStatus(running=False, pid=None, started_at=info.started_at, exit=result)
 

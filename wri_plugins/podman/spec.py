@@ -261,6 +261,8 @@ class ContainerInfo:
         pod: the pod id, or "".
         log_path: the ``k8s-file`` log, or "".
         memory_limit: memory limit in bytes, 0 for none.
+        ip: the address of its network namespace (its pod's, on podman's bridge), or "" when it
+            has none of its own (host network).
     """
 
     id: str
@@ -276,6 +278,7 @@ class ContainerInfo:
     pod: str
     log_path: str
     memory_limit: int
+    ip: str = ""
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> ContainerInfo:
@@ -304,6 +307,7 @@ class ContainerInfo:
             pod=str(data.get("Pod") or ""),
             log_path=str(log_config.get("Path") or ""),
             memory_limit=int(host.get("Memory") or 0),
+            ip=str((data.get("NetworkSettings") or {}).get("IPAddress") or ""),
         )
 
     @property
