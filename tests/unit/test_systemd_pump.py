@@ -180,9 +180,16 @@ async def serving_pump(tmp_path: Path) -> AsyncIterator[tuple[str, asyncio.subpr
                 await asyncio.get_running_loop().sock_recv(notify, 256)  # READY=1
             yield name, proc
         finally:
+            # SIGTERM, not SIGKILL: the pump forwards it to the workload's process group, which
+            # a killed pump would leave running
             with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
                 proc.kill()
-            await proc.wait()
+                await proc.wait()
 
 
 async def test_exec_runs_in_the_task_environment(
