@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import os
 import time
 from pathlib import Path
 
@@ -169,3 +170,27 @@ def test_writer_survives_a_missing_directory(
     writer = crilog.LogWriter(str(tmp_path / "gone" / "c.log"), max_bytes=100, max_files=1)
     writer.write([b"x\n"])  # dropped, never raises
     assert "No such file" in capfd.readouterr().err
+
+
+def test_output_copier_turns_both_pipes_into_records(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    copier = crilog.OutputCopier(out_r, err_r, crilog.LogWriter(str(log), 1 << 20, 1))
+    os.write(out_w, b"one\ntw")
+    os.write(err_w, b"oops\n")
+    assert copier.copy(out_r)
+    assert copier.copy(err_r)
+    os.close(out_w)
+    assert not copier.copy(out_r)  # end of file: the unfinished line becomes a P record
+    copier.write()
+    assert copier.open_fds == (err_r,)
+    assert copier.finish() == 1  # stderr was cut while still open
+    os.close(err_w)
+    os.close(err_r)
+    records = [crilog.parse_record(line) for line in log.read_bytes().splitlines()]
+    assert [(stream, partial, text) for _, stream, partial, text in records] == [
+        ("stdout", False, b"one"),
+        ("stderr", False, b"oops"),
+        ("stdout", True, b"tw"),
+    ]

@@ -315,3 +315,65 @@ class LineSplitter:
         if self.buf:
             out.append(format_record(stamp, self.name, True, self.buf))
             self.buf = b""
+
+
+#: Bytes read from an output pipe at a time.
+READ_SIZE = 65536
+
+
+class OutputCopier:
+    """Copies a workload's stdout and stderr pipes into a CRI log (the loop both the process
+    runtime's shim and the systemd runtime's log pump run; the caller owns the poller).
+
+    Args:
+        stdout_fd: read end of the workload's stdout pipe.
+        stderr_fd: read end of its stderr pipe.
+        log: where the records go.
+    """
+
+    def __init__(self, stdout_fd: int, stderr_fd: int, log: LogWriter) -> None:
+        self._splitters = {stdout_fd: LineSplitter(b"stdout"), stderr_fd: LineSplitter(b"stderr")}
+        self._log = log
+        self._out: list[bytes] = []
+
+    @property
+    def open_fds(self) -> tuple[int, ...]:
+        """The pipes not at end of file yet."""
+        return tuple(self._splitters)
+
+    def copy(self, fd: int) -> bool:
+        """Read what ``fd`` holds and turn it into records (written by :meth:`write`).
+
+        Returns:
+            False when ``fd`` reached end of file (or failed); it is then closed.
+        """
+        try:
+            data = os.read(fd, READ_SIZE)
+        except OSError:
+            data = b""
+        stamp = format_timestamp(time.time_ns())
+        if data:
+            self._splitters[fd].feed(data, stamp, self._out)
+            return True
+        self._splitters.pop(fd).flush(stamp, self._out)
+        os.close(fd)
+        return False
+
+    def write(self) -> None:
+        """Write the records collected so far to the log."""
+        if self._out:
+            self._log.write(self._out)
+            self._out.clear()
+
+    def finish(self) -> int:
+        """Flush unfinished lines of pipes still open (cut at a deadline) and write everything.
+
+        Returns:
+            How many pipes were still open.
+        """
+        stamp = format_timestamp(time.time_ns())
+        for splitter in self._splitters.values():
+            splitter.flush(stamp, self._out)
+        self._log.write(self._out)
+        self._out.clear()
+        return len(self._splitters)

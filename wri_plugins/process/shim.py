@@ -69,7 +69,6 @@ else:
     import crilog
 
 EXIT_RECORD = "exit.json"
-READ_SIZE = 65536
 #: Seconds to keep reading output after the workload ended (a process outside its group and
 #: cgroups may still hold the pipes).
 DRAIN_SECONDS = 2.0
@@ -317,12 +316,11 @@ def _monitor(
         ``(wait status, number of output fds cut at the drain deadline)``.
     """
     poller = select.poll()
-    splitters = {fds[0]: crilog.LineSplitter(b"stdout"), fds[1]: crilog.LineSplitter(b"stderr")}
+    output = crilog.OutputCopier(fds[0], fds[1], log)
     for fd in (*fds, wake_r):
         poller.register(fd, select.POLLIN)
     status: int | None = None
     deadline = 0.0
-    out: list[bytes] = []
     while True:
         if status is None:
             reaped, wstatus = os.waitpid(pid, os.WNOHANG)
@@ -332,7 +330,7 @@ def _monitor(
                 deadline = time.monotonic() + DRAIN_SECONDS
         if status is not None:
             left = deadline - time.monotonic()
-            if not splitters or left <= 0:
+            if not output.open_fds or left <= 0:
                 break
             timeout = int(left * 1000) + 1
         else:
@@ -340,27 +338,11 @@ def _monitor(
         for fd, _event in poller.poll(timeout):
             if fd == wake_r:
                 os.read(wake_r, 512)
-                continue
-            try:
-                data = os.read(fd, READ_SIZE)
-            except OSError:
-                data = b""
-            stamp = crilog.format_timestamp(time.time_ns())
-            if data:
-                splitters[fd].feed(data, stamp, out)
-            else:
-                splitters.pop(fd).flush(stamp, out)
+            elif not output.copy(fd):
                 poller.unregister(fd)
-                os.close(fd)
-        if out:
-            log.write(out)
-            out.clear()
-    stamp = crilog.format_timestamp(time.time_ns())
-    for splitter in splitters.values():
-        splitter.flush(stamp, out)
-    log.write(out)
+        output.write()
     assert status is not None
-    return status, len(splitters)
+    return status, output.finish()
 
 
 def _parse(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:

@@ -60,7 +60,6 @@ USAGE = (
     "usage: run_pump.py --log FILE --log-max-bytes N --log-max-files N --env-file FILE "
     "[--unit NAME] [--exec-socket NAME] -- EXECUTABLE ARGV0 [ARG]...\n"
 )
-READ_SIZE = 65536
 #: Seconds to keep reading output after the workload ended and its leftovers were killed.
 DRAIN_SECONDS = 2.0
 #: Safety net for the main poll, milliseconds; SIGCHLD wakes the pump long before.
@@ -250,13 +249,12 @@ def _monitor(
         The workload's wait status.
     """
     poller = select.poll()
-    splitters = {fds[0]: crilog.LineSplitter(b"stdout"), fds[1]: crilog.LineSplitter(b"stderr")}
+    output = crilog.OutputCopier(fds[0], fds[1], log)
     for fd in (*fds, wake_r):
         poller.register(fd, select.POLLIN)
     polled: set[int] = set()
     status: int | None = None
     deadline = 0.0
-    out: list[bytes] = []
     while True:
         if execs is not None:  # connections come and go: keep the poll set in step
             now = set(execs.fds())
@@ -280,7 +278,7 @@ def _monitor(
             _reap(pid, execs)
         if status is not None:
             left = deadline - time.monotonic()
-            if not splitters or left <= 0:
+            if not output.open_fds or left <= 0:
                 break
             timeout = int(left * 1000) + 1
         else:
@@ -288,30 +286,13 @@ def _monitor(
         for fd, _event in poller.poll(timeout):
             if fd == wake_r:
                 os.read(wake_r, 512)
-                continue
-            if fd in polled:
+            elif fd in polled:
                 assert execs is not None
                 execs.handle(fd)
-                continue
-            try:
-                data = os.read(fd, READ_SIZE)
-            except OSError:
-                data = b""
-            stamp = crilog.format_timestamp(time.time_ns())
-            if data:
-                splitters[fd].feed(data, stamp, out)
-            else:
-                splitters.pop(fd).flush(stamp, out)
+            elif not output.copy(fd):
                 poller.unregister(fd)
-                os.close(fd)
-        if out:
-            log.write(out)
-            out.clear()
-    stamp = crilog.format_timestamp(time.time_ns())
-    for splitter in splitters.values():
-        splitter.flush(stamp, out)
-    log.write(out)
-    if splitters:
+        output.write()
+    if output.finish():
         sys.stderr.write(f"pump: output still open {DRAIN_SECONDS}s after the workload ended\n")
     return status
 
