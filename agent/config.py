@@ -76,6 +76,29 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class LinksConfig:
+    """``[links]``: neighbour links and discovery.
+
+    Attributes:
+        udp_port: UDP port of the link driver on every chosen interface (0: any free port).
+        mdns: announce and browse ``_florete._udp.local.`` on the chosen interfaces.
+        keepalive: seconds without hearing a neighbour before a keepalive is sent.
+        dead_interval: seconds without hearing a neighbour before its link is marked down
+            (greater than ``keepalive``).
+        serial_radios: one table per serial radio (``[[links.serial_radios]]``, the keys of
+            :class:`link_drivers.serial_radio.SerialConfig`), checked by the driver (file only).
+        wifi: one table per wireless interface (``[[links.wifi]]``), checked by the driver.
+    """
+
+    udp_port: int
+    mdns: bool
+    keepalive: float
+    dead_interval: float
+    serial_radios: tuple[Mapping[str, Any], ...]
+    wifi: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """``[runtime]``: ``default`` runtime name; ``""`` chooses per pod (see ARCHITECTURE §3)."""
 
@@ -116,6 +139,7 @@ class Config:
     node: NodeConfig
     api: ApiConfig
     network: NetworkConfig
+    links: LinksConfig
     runtime: RuntimeConfig
     runtimes: Mapping[str, Mapping[str, Any]]
     reconciler: ReconcilerConfig
@@ -198,6 +222,33 @@ def _listen(raw: object) -> str:
     return text
 
 
+def _port(raw: object) -> int:
+    """A UDP/TCP port 0-65535 (0: any free port), as an integer or a decimal string."""
+    text = str(raw) if type(raw) is int else _text(raw)
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise _Invalid(f"expected a port 0-65535, got {_kind(raw)}")
+    return int(text)
+
+
+def _bool(raw: object) -> bool:
+    """A TOML boolean, or one of true/false/on/off/yes/no/1/0 (environment, flags)."""
+    if isinstance(raw, bool):
+        return raw
+    words = {"true": True, "on": True, "yes": True, "1": True}
+    words |= {"false": False, "off": False, "no": False, "0": False}
+    value = words.get(_text(raw).strip().lower())
+    if value is None:
+        raise _Invalid(f"expected true or false, got {_kind(raw)}")
+    return value
+
+
+def _tables(raw: object) -> tuple[Mapping[str, Any], ...]:
+    """A list of tables (``[[links.serial_radios]]``), each checked later by its driver."""
+    if not isinstance(raw, list) or not all(isinstance(t, Mapping) for t in raw):
+        raise _Invalid(f"expected a list of tables ([[...]]), got {_kind(raw)}")
+    return tuple(MappingProxyType(dict(t)) for t in raw)
+
+
 def _choice(*options: str) -> Callable[[object], str]:
     def parse(raw: object) -> str:
         value = _text(raw).lower()
@@ -259,8 +310,10 @@ def _show(value: object) -> str:
     """Text for :func:`describe_config`: tables as JSON, lists comma-separated, None as ""."""
     if isinstance(value, Mapping):
         return json.dumps(value, sort_keys=True, default=_json_default)
-    if isinstance(value, tuple):
+    if isinstance(value, tuple) and all(isinstance(item, str) for item in value):
         return ",".join(value)
+    if isinstance(value, tuple):
+        return json.dumps(list(value), sort_keys=True, default=_json_default)
     return "" if value is None else str(value)
 
 
@@ -287,6 +340,12 @@ _SPECS: tuple[_Spec, ...] = (  # in resolution order: a derived default follows 
     _Spec("api.listen", _listen, "", "FLORETE_API_LISTEN", "mTLS TCP listener host:port"),
     _Spec("api.tls_client_ca", _optional_path, None, "FLORETE_API_TLS_CLIENT_CA", "client CAs"),
     _Spec("network.interfaces", _names, (), "FLORETE_INTERFACES", "interfaces; empty: all up"),
+    _Spec("links.udp_port", _port, 4737, "FLORETE_LINK_PORT", "UDP link port; 0: any"),
+    _Spec("links.mdns", _bool, True, "FLORETE_MDNS", "mDNS announce and browse"),
+    _Spec("links.keepalive", _seconds, 1.0, None, "keepalive after this many idle seconds"),
+    _Spec("links.dead_interval", _seconds, 3.0, None, "link down after this many silent s"),
+    _Spec("links.serial_radios", _tables, (), None, "serial radio links (file only)"),
+    _Spec("links.wifi", _tables, (), None, "Wi-Fi links (file only)"),
     _Spec("runtime.default", _text, "", None, "default runtime; empty: automatic"),
     _Spec("runtimes", _runtimes, _EMPTY, None, "per-runtime option tables (file only)"),
     _Spec("reconciler.backoff_initial", _seconds, 10.0, "FLORETE_BACKOFF_INITIAL", "first delay"),
@@ -357,6 +416,11 @@ def _cross_check(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[
         errors.append(
             f"{sources['api.listen']}: api.listen: set, but api.tls_client_ca is not: the TCP "
             "listener only serves clients with certificates from that CA bundle"
+        )
+    if values["links.keepalive"] >= values["links.dead_interval"]:
+        errors.append(
+            f"{sources['links.keepalive']}: links.keepalive: {values['links.keepalive']} s must "
+            f"be below links.dead_interval ({values['links.dead_interval']} s)"
         )
     if values["reconciler.backoff_initial"] > values["reconciler.backoff_max"]:
         errors.append(

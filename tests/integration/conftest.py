@@ -29,8 +29,11 @@ CLI = [sys.executable, "-m", "agent.cli"]
 class Agent:
     """One agent daemon and its CLI."""
 
-    def __init__(self, state_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, extra_env: dict[str, str] | None = None, netns: str | None = None
+    ) -> None:
         self.state_dir = state_dir
+        self.netns = netns
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FLORETE_")},
             "FLORETE_STATE_DIR": str(state_dir),
@@ -50,8 +53,11 @@ class Agent:
             timeout: seconds to wait for the API.
             offline: run the agent in a network namespace of its own with no interface up (not
                 even lo) and on its default interfaces: a board that boots with no network.
+
+        An agent made with ``netns`` runs inside that namespace (its CLI reaches it through the
+        Unix socket, which lives in the file system).
         """
-        env, prefix = self.env, []
+        env, prefix = self.env, [] if self.netns is None else ["ip", "netns", "exec", self.netns]
         if offline:
             env = {k: v for k, v in self.env.items() if k != "FLORETE_INTERFACES"}
             prefix = ["unshare", "--net", "--"]
@@ -246,9 +252,11 @@ def make_agent() -> Iterator[Callable[..., Agent]]:
     """Factory of started agents; all are killed with their workloads at teardown."""
     agents: list[tuple[Agent, Path]] = []
 
-    def make(extra_env: dict[str, str] | None = None, start: bool = True) -> Agent:
+    def make(
+        extra_env: dict[str, str] | None = None, start: bool = True, netns: str | None = None
+    ) -> Agent:
         root = Path(tempfile.mkdtemp(prefix="fl-"))
-        agent = Agent(root / "s", extra_env)
+        agent = Agent(root / "s", extra_env, netns)
         agents.append((agent, root))
         if start:
             agent.start()

@@ -227,6 +227,10 @@ def test_unknown_env_and_flag(home: Path) -> None:
         ("[node]\nlabels = { zone = 1 }", r"node\.labels: expected a table of strings"),
         ('[node]\nname = ""', r"node\.name: must not be empty"),
         ("[runtimes]\npodman = 1", r"runtimes: expected one table per runtime"),
+        ("[links]\nudp_port = 70000", r"links\.udp_port: expected a port 0-65535"),
+        ('[links]\nmdns = "maybe"', r"links\.mdns: expected true or false"),
+        ("[links]\nkeepalive = 5.0", r"links\.keepalive: 5\.0 s must be below"),
+        ('[links]\nserial_radios = "ttyUSB0"', r"serial_radios: expected a list of tables"),
         (
             'state_dir = "/' + "d" * 100 + '"',
             r"state_dir: socket path /d+/agent\.sock is 112 bytes",
@@ -254,6 +258,17 @@ def test_malformed_toml_gives_position(home: Path) -> None:
     path = write(home, "[api]\nsocket = \n")
     with pytest.raises(ConfigError, match=re.escape(f"{path}: invalid TOML") + r".*line 2"):
         load(home=home)
+
+
+def test_links_section(home: Path) -> None:
+    write(home, '[[links.serial_radios]]\ndevice = "/dev/ttyUSB0"\nbaud = 57600\n')
+    cfg = load({"FLORETE_LINK_PORT": "0", "FLORETE_MDNS": "off"}, home=home)
+    assert (cfg.links.udp_port, cfg.links.mdns) == (0, False)
+    assert (cfg.links.keepalive, cfg.links.dead_interval) == (1.0, 3.0)
+    assert [dict(t) for t in cfg.links.serial_radios] == [{"device": "/dev/ttyUSB0", "baud": 57600}]
+    rows = {key: value for key, value, _ in describe_config(cfg)}
+    assert rows["links.serial_radios"] == '[{"baud": 57600, "device": "/dev/ttyUSB0"}]'
+    assert rows["links.mdns"] == "False"
 
 
 def test_describe_config(home: Path) -> None:
