@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import psutil
 
 from agent import __version__
 from agent.errors import BadRequestError, NotFoundError
-from agent.httproute import Request, Response, Router, StreamingResponse
+from agent.httproute import Handler, Request, Response, Router, StreamingResponse
 from agent.identity import Identity
 from agent.podstatus import rfc3339
 from agent.reconciler import Reconciler
@@ -90,9 +90,18 @@ class Api:
         reconciler: the reconciler (pods).
         runtimes: the runtimes (logs, health).
         info: facts about the agent.
+        extra_routes: more ``(method, template, handler)`` routes (the mesh's, see
+            :mod:`agent.api_mesh`).
     """
 
-    def __init__(self, reconciler: Reconciler, runtimes: RuntimeRegistry, info: AgentInfo) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        runtimes: RuntimeRegistry,
+        info: AgentInfo,
+        extra_routes: Sequence[tuple[str, str, Handler]] = (),
+    ) -> None:
+        self.extra_routes = tuple(extra_routes)
         self.reconciler = reconciler
         self.store = reconciler.store
         self.runtimes = runtimes
@@ -119,6 +128,7 @@ class Api:
             ("GET", "/api/v1/nodes", self.list_nodes),
             ("GET", "/api/v1/nodes/{name}", self.get_node),
             ("GET", "/apis/florete.io/v1alpha1/agent", self.agent_status),
+            *self.extra_routes,
         ):
             router.add(method, template, handler)
         return router

@@ -418,8 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_version)
 
     from agent.cli_links import add_parsers  # radio-sim, link test
+    from agent.cli_mesh import add_parsers as add_mesh_parsers  # neighbours, links, peers
 
     add_parsers(sub)
+    add_mesh_parsers(sub, common, _client)
     return parser
 
 

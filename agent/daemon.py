@@ -10,25 +10,32 @@ store, all bounded by ``reconciler.shutdown_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
 from agent.api import AgentInfo, Api
+from agent.api_mesh import MeshApi
 from agent.config import Config, resolve_interfaces
-from agent.errors import ConfigError
+from agent.discovery import Discovery
+from agent.errors import ConfigError, FloreteError
 from agent.httpserver import HttpServer, make_server_ssl_context
-from agent.identity import load_or_create_identity
+from agent.identity import Identity, load_or_create_identity
+from agent.mesh import Mesh
+from agent.neighbours import NeighbourTable, TrustState
 from agent.podworker import BackoffSettings
 from agent.reconciler import NodeSettings, Reconciler
 from agent.runtimes import RuntimeRegistry
 from agent.store import Store
+from agent.trust import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,54 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
+def _trust_state(trust: TrustStore) -> Callable[[str], TrustState]:
+    def state(node_id: str) -> TrustState:
+        peer = trust.get(node_id)
+        if peer is None:
+            return "untrusted"
+        return "trusted" if peer.state == "trusted" else "revoked"
+
+    return state
+
+
+async def _start_discovery(
+    cfg: Config, identity: Identity, mesh: Mesh, runtimes: RuntimeRegistry
+) -> Discovery | None:
+    """Announce and browse with mDNS; a failure is logged, the agent goes on without it."""
+    if not (cfg.links.mdns and mesh.interfaces and mesh.udp is not None):
+        return None
+    healthy = [name for name, fp in (await runtimes.fingerprints()).items() if fp.healthy]
+    links = ["udp"] + (["serial_radio"] if cfg.links.serial_radios else [])
+    discovery = Discovery(
+        identity.node_id,
+        identity.name,
+        identity.fingerprint,
+        mesh.udp_port,
+        {"rt": "+".join(healthy), "ln": "+".join(links)},
+        mesh.interfaces,
+        mesh.table,
+    )
+    try:
+        await discovery.start()
+    except (FloreteError, OSError) as err:
+        log.warning("mDNS discovery is off: %s", err)
+        await discovery.aclose()
+        return None
+    return discovery
+
+
+async def _stop_discovery(task: asyncio.Task[Discovery | None] | None) -> None:
+    """Send the mDNS goodbye (or stop a discovery still starting)."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        discovery = await task
+        if discovery is not None:
+            await discovery.aclose()
+
+
 async def run(cfg: Config) -> int:
     """Run the daemon until SIGTERM or SIGINT.
 
@@ -115,7 +170,12 @@ async def run(cfg: Config) -> int:
     info = AgentInfo(
         identity, str(cfg.state_dir), str(cfg.api.socket), interfaces, host_ip, started_at
     )
-    server = HttpServer(Api(reconciler, runtimes, info).router())
+    trust = TrustStore(store)
+    table = NeighbourTable(identity.node_id, _trust_state(trust))
+    mesh = Mesh(cfg.links, interfaces, identity, trust, table)
+    mesh_api = MeshApi(mesh, table, trust, identity)
+    server = HttpServer(Api(reconciler, runtimes, info, mesh_api.routes()).router())
+    discovery: asyncio.Task[Discovery | None] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -123,6 +183,8 @@ async def run(cfg: Config) -> int:
     try:
         async with asyncio.TaskGroup() as group:
             await reconciler.start(group)
+            await mesh.start()
+            discovery = asyncio.create_task(_start_discovery(cfg, identity, mesh, runtimes))
             await server.start_unix(cfg.api.socket, cfg.api.socket_mode, cfg.api.socket_group)
             if cfg.api.listen:
                 host, _, port = cfg.api.listen.rpartition(":")
@@ -145,6 +207,8 @@ async def run(cfg: Config) -> int:
             log.info("stopping")
             try:
                 async with asyncio.timeout(cfg.reconciler.shutdown_timeout):
+                    await _stop_discovery(discovery)
+                    await mesh.stop()
                     await server.close(cfg.reconciler.shutdown_timeout / 2)
                     await reconciler.stop()
             except TimeoutError:
@@ -156,6 +220,7 @@ async def run(cfg: Config) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await mesh.stop()
         await runtimes.close()
         store.close()
         os.close(lock_fd)

@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS events (
     last_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_pod ON events (pod_uid, id);
+CREATE TABLE IF NOT EXISTS peers (
+    node_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    certificate BLOB NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('trusted', 'revoked')),
+    added_at REAL NOT NULL,
+    source TEXT NOT NULL
+);
 """
 
 #: Events kept per pod; older ones are deleted when a new one is recorded.
@@ -133,6 +142,32 @@ class StoredEvent:
     first_at: float
     last_at: float
 
+
+@dataclass(frozen=True)
+class StoredPeer:
+    """A peer node in the trust store (see :mod:`agent.trust`).
+
+    Attributes:
+        node_id: the peer's node ID in display form (derived from ``certificate``).
+        name: its human name (the certificate's CN unless given otherwise).
+        certificate: its self-signed certificate, DER bytes.
+        fingerprint: SHA-256 of ``certificate`` as ``agent.identity.certificate_fingerprint``
+            formats it.
+        state: ``"trusted"`` or ``"revoked"``.
+        added_at: when it was added or last re-trusted, seconds since the epoch.
+        source: how it came to be trusted: ``"manual"`` or ``"pairing"``.
+    """
+
+    node_id: str
+    name: str
+    certificate: bytes
+    fingerprint: str
+    state: str
+    added_at: float
+    source: str
+
+
+_PEER_COLUMNS = "node_id, name, certificate, fingerprint, state, added_at, source"
 
 _POD_COLUMNS = (
     "namespace, name, uid, manifest, created_at, resource_version, deletion_at, deletion_grace, "
@@ -411,3 +446,55 @@ class Store:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id", params).fetchall()
         return [StoredEvent(*row) for row in rows]
+
+    # --- peers --------------------------------------------------------------------------------
+
+    def put_peer(self, peer: StoredPeer) -> None:
+        """Insert or replace a peer (durable: the write survives power loss)."""
+        with self._tx() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO peers ({_PEER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    peer.node_id,
+                    peer.name,
+                    peer.certificate,
+                    peer.fingerprint,
+                    peer.state,
+                    peer.added_at,
+                    peer.source,
+                ),
+            )
+
+    def get_peer(self, node_id: str) -> StoredPeer | None:
+        """Return the peer with this node ID, or None when there is none."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_PEER_COLUMNS} FROM peers WHERE node_id = ?", (node_id,)
+            ).fetchone()
+        return None if row is None else StoredPeer(*row)
+
+    def list_peers(self, state: str | None = None) -> list[StoredPeer]:
+        """Return peers ordered by name then node ID; only those in ``state`` when given."""
+        query = f"SELECT {_PEER_COLUMNS} FROM peers"
+        params: tuple[str, ...] = ()
+        if state is not None:
+            query += " WHERE state = ?"
+            params = (state,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY name, node_id", params).fetchall()
+        return [StoredPeer(*row) for row in rows]
+
+    def set_peer_state(self, node_id: str, state: str) -> StoredPeer:
+        """Set a peer's state (``"trusted"`` or ``"revoked"``), durably.
+
+        Raises:
+            NotFoundError: no peer has this node ID.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                f"UPDATE peers SET state = ? WHERE node_id = ? RETURNING {_PEER_COLUMNS}",
+                (state, node_id),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f'peers "{node_id}" not found')
+        return StoredPeer(*row)

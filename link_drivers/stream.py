@@ -12,6 +12,7 @@ import collections
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from types import TracebackType
 
 from agent.errors import LocalError
@@ -52,6 +53,9 @@ class ArqStream(ReliableStream):
         name: label for log lines.
         high_water: :meth:`send` waits while more than this many bytes are unacknowledged;
             default ``4 * window * mtu``.
+        on_link: called with True when the peer answers (handshake done, or heard again after
+            a silence) and False when it fell silent for ``config.dead_interval`` seconds;
+            liveness comes from these keepalives.
     """
 
     def __init__(
@@ -62,12 +66,14 @@ class ArqStream(ReliableStream):
         rng: random.Random | None = None,
         name: str = "arq",
         high_water: int | None = None,
+        on_link: Callable[[bool], None] | None = None,
     ) -> None:
         self.channel = channel
         self.config = config if config is not None else ArqConfig.for_link(channel.info)
         self.session = ArqSession(self.config, rng=rng, name=name)
         self._log = LinkLog(log, link=name)
         self.high_water = high_water or 4 * self.config.window * self.config.mtu
+        self._on_link = on_link
         self._inbox: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -193,17 +199,21 @@ class ArqStream(ReliableStream):
         while (ev := self.session.next_event()) is not None:
             if isinstance(ev, MessageReceived):
                 self._inbox.append(ev.data)
-            elif isinstance(ev, Connected):
-                self.up = True
+            elif isinstance(ev, Connected | LinkUp):
                 self._connected.set()
+                self._set_up(True)
             elif isinstance(ev, LinkDown):
-                self.up = False
-            elif isinstance(ev, LinkUp):
-                self.up = True
+                self._set_up(False)
             elif isinstance(ev, SessionReset):
                 self._unreported_resets += 1
         self._progress.set()
         self._wake.set()
+
+    def _set_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            if self._on_link is not None:
+                self._on_link(up)
 
     async def _writer(self) -> None:
         while True:

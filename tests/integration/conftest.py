@@ -38,6 +38,8 @@ class Agent:
             **{k: v for k, v in os.environ.items() if not k.startswith("FLORETE_")},
             "FLORETE_STATE_DIR": str(state_dir),
             "FLORETE_INTERFACES": "lo",
+            "FLORETE_LINK_PORT": "0",
+            "FLORETE_MDNS": "off",
             "FLORETE_BACKOFF_INITIAL": "0.5",
             "FLORETE_BACKOFF_MAX": "2",
             "FLORETE_LOG_LEVEL": "debug",

@@ -1,0 +1,570 @@
+"""The mesh: links to neighbours, one secure session per link, messages routed by cost.
+
+Data path per link (ARCHITECTURE.md §4)::
+
+    DatagramChannel (udp, serial_radio, wifi) ─► ArqStream ─► SecureSession (TLS 1.3) ─► Endpoint
+
+* **Which links.** UDP: every trusted neighbour that discovery placed on one of our interfaces
+  is dialled (IPv4 preferred, else IPv6 link-local; one link per interface), and any peer that
+  sends first is accepted. Serial radios (``[[links.serial_radios]]``) are point-to-point: one
+  link per radio, dialled for ever, with beacons for discovery. A link to an untrusted peer
+  ends after the preamble: it sees nothing but pairing messages, and no pairing handler is
+  installed yet.
+* **Liveness** comes from ARQ keepalives (``links.keepalive``, ``links.dead_interval``): a silent
+  peer's link goes down after ``dead_interval`` seconds; a Goodbye marks the node down at once.
+  A link down for longer than :data:`RETIRE_AFTER` is closed; discovery dials again when the node
+  reappears. The TLS session survives a link that goes down and comes back.
+* **Routing.** :meth:`Mesh.request` and :meth:`Mesh.publish` use, per neighbour, the established
+  link that is up with the lowest cost (then RTT); when it goes down the next one takes over.
+* **Sessions that break** (the peer restarted: ARQ reset; a protocol error) are opened again
+  on the same channel after a backoff of 1 s doubling to 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agent.beacons import Beacon, BeaconScheduler, decode_beacon, encode_beacon, is_beacon
+from agent.config import LinksConfig
+from agent.errors import FloreteError, LocalError, NotFoundError
+from agent.identity import Identity, short_id
+from agent.neighbours import NeighbourTable
+from agent.rpc import Endpoint, PublishCallback, RequestHandler
+from agent.session import SecureSession, SessionState, open_session
+from agent.trust import TrustStore
+from link_drivers.api import DatagramChannel, LinkInfo, LinkMetrics
+from link_drivers.arq import ArqConfig
+from link_drivers.stream import ArqStream
+from link_drivers.udp import UdpAddress, UdpDriver
+
+__all__ = ["RETIRE_AFTER", "Mesh"]
+
+log = logging.getLogger(__name__)
+
+RETIRE_AFTER = 30.0
+"""Seconds a dialled link may stay down before it is closed (discovery dials it again)."""
+DIAL_INTERVAL = 0.5
+"""Seconds between passes over the neighbour table looking for links to open."""
+_BACKOFF_FIRST, _BACKOFF_MAX = 1.0, 30.0
+
+
+@dataclasses.dataclass
+class _LinkState:
+    state: str = "connecting"  # connecting, established, untrusted, down, closed
+    node_id: str = ""
+    peer_name: str = ""
+    since: float = dataclasses.field(default_factory=time.time)
+    down_since: float | None = None
+    reason: str = ""
+    sessions: int = 0
+
+
+class _Link:
+    """One channel to one neighbour, with the ARQ stream and session on it, reopened as needed.
+
+    Args:
+        mesh: the owner.
+        name: link name in the neighbour table, ``"udp/eth0"``, ``"serial_radio:/dev/ttyUSB0"``.
+        channel: the datagram channel (the link owns it and closes it at the end).
+        address: the peer's address, for display.
+        persistent: dial for ever (a radio, a trusted neighbour); else end when the first
+            session ends (a peer that called us).
+    """
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        name: str,
+        channel: DatagramChannel,
+        address: str,
+        *,
+        persistent: bool,
+    ) -> None:
+        self.mesh = mesh
+        self.name = name
+        self.channel = channel
+        self.address = address
+        self.persistent = persistent
+        self.status = _LinkState()
+        self.stream: ArqStream | None = None
+        self.endpoint: Endpoint | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def cost(self) -> float:
+        return self.channel.info.cost
+
+    @property
+    def up(self) -> bool:
+        return self.stream is not None and self.stream.up
+
+    @property
+    def metrics(self) -> LinkMetrics:
+        return self.stream.metrics if self.stream is not None else self.channel.metrics
+
+    async def run(self) -> None:
+        backoff = _BACKOFF_FIRST
+        try:
+            while True:
+                established = await self._one_session()
+                if not (self.persistent or established):
+                    return
+                if established:
+                    backoff = _BACKOFF_FIRST
+                await asyncio.sleep(backoff * random.uniform(1.0, 1.25))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+        finally:
+            self.status.state = "closed"
+            await self.channel.aclose()
+
+    async def _one_session(self) -> bool:
+        """Open one session and serve it until it ends; True if it was established."""
+        mesh = self.mesh
+        config = ArqConfig.for_link(
+            self.channel.info,
+            keepalive_interval=mesh.config.keepalive,
+            dead_interval=mesh.config.dead_interval,
+        )
+        self.status.state = "connecting"
+        stream = ArqStream(self.channel, config, name=self.name, on_link=self._on_link)
+        self.stream = stream
+        stream.start()
+        try:
+            session = await open_session(
+                stream, mesh.identity, mesh.trust, handshake_timeout=mesh.handshake_timeout
+            )
+        except (FloreteError, TimeoutError) as err:
+            self.status.reason = str(err)
+            log.info("link %s to %s: no session: %s", self.name, self.address, err)
+            await stream.aclose()
+            return False
+        if session.state is not SessionState.ESTABLISHED:
+            self.status.state = "untrusted"
+            self.status.node_id = session.peer_id
+            log.info(
+                "link %s: peer %s (%s) is not trusted: only pairing is possible",
+                self.name,
+                short_id(session.peer_id) if session.peer_id else "?",
+                session.peer_name,
+            )
+            await session.close("not trusted")
+            return False
+        await self._serve(session)
+        return True
+
+    async def _serve(self, session: SecureSession) -> None:
+        mesh, status = self.mesh, self.status
+        status.state, status.node_id, status.peer_name = "established", session.peer_id, ""
+        status.peer_name = session.peer_name
+        status.sessions += 1
+        status.since, status.down_since, status.reason = time.time(), None, ""
+        endpoint = Endpoint(session)
+        for method, handler in mesh.handlers.items():
+            endpoint.on_request(method, handler)
+        endpoint.start()
+        for pattern, callback in mesh.subscriptions:
+            await endpoint.subscribe(pattern, callback)
+        self.endpoint = endpoint
+        self._report_up()
+        log.info(
+            "link %s: session with %s (%s) established",
+            self.name,
+            session.peer_name,
+            short_id(session.peer_id),
+        )
+        try:
+            await endpoint.wait_closed()
+        finally:
+            self.endpoint = None
+            reason = session.close_reason or "closed"
+            status.state, status.reason = "down", reason
+            if reason.startswith("peer said goodbye"):
+                mesh.table.goodbye(session.peer_id, reason)
+            else:
+                mesh.table.link_down(session.peer_id, self.name, reason)
+            log.info(
+                "link %s: session with %s ended: %s", self.name, short_id(session.peer_id), reason
+            )
+
+    def _report_up(self) -> None:
+        rtt = self.stream.metrics.rtt if self.stream is not None else None
+        self.mesh.table.link_up(
+            self.status.node_id, self.name, name=self.status.peer_name, cost=self.cost, rtt=rtt
+        )
+
+    def _on_link(self, up: bool) -> None:
+        if self.endpoint is None:
+            return
+        if up:
+            self.status.down_since = None
+            self._report_up()
+        else:
+            self.status.down_since = time.monotonic()
+            self.mesh.table.link_down(self.status.node_id, self.name, "keepalive timeout")
+
+    async def close(self) -> None:
+        """Say goodbye on the session (if any) and stop."""
+        if self.endpoint is not None:
+            with contextlib.suppress(FloreteError):
+                await self.endpoint.close()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def snapshot(self) -> dict[str, Any]:
+        m, s = self.metrics, self.status
+        return {
+            "name": self.name,
+            "address": self.address,
+            "nodeID": s.node_id,
+            "peerName": s.peer_name,
+            "state": s.state,
+            "up": self.up,
+            "cost": self.cost,
+            "mtu": self.channel.info.mtu,
+            "bitrate": self.channel.info.bitrate,
+            "rttSeconds": m.rtt,
+            "loss": m.loss,
+            "retransmissions": m.retransmissions,
+            "rxBytes": m.rx_bytes,
+            "txBytes": m.tx_bytes,
+            "rejectedFrames": m.rejected_frames,
+            "sessions": s.sessions,
+            "since": s.since,
+            "reason": s.reason,
+        }
+
+
+class _BeaconChannel(DatagramChannel):
+    """A radio channel with discovery beacons split off: ARQ sees every other datagram."""
+
+    def __init__(self, inner: DatagramChannel, on_beacon: Callable[[bytes], None]) -> None:
+        self._inner = inner
+        self._on_beacon = on_beacon
+
+    @property
+    def info(self) -> LinkInfo:
+        return self._inner.info
+
+    @property
+    def metrics(self) -> LinkMetrics:
+        return self._inner.metrics
+
+    async def send(self, datagram: bytes) -> None:
+        await self._inner.send(datagram)
+
+    async def receive(self) -> bytes:
+        while True:
+            datagram = await self._inner.receive()
+            if not is_beacon(datagram):
+                return datagram
+            self._on_beacon(datagram)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class Mesh:
+    """All links of this node, the sessions on them, and message routing.
+
+    Args:
+        config: the ``[links]`` section.
+        interfaces: interfaces for the UDP link (already resolved; never empty by accident).
+        identity: this node's identity.
+        trust: the trust store (decides which peers get sessions).
+        table: the neighbour table discovery fills and links update.
+        handshake_timeout: seconds for preamble plus TLS handshake per session.
+    """
+
+    def __init__(
+        self,
+        config: LinksConfig,
+        interfaces: tuple[str, ...],
+        identity: Identity,
+        trust: TrustStore,
+        table: NeighbourTable,
+        *,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.interfaces = interfaces
+        self.identity = identity
+        self.trust = trust
+        self.table = table
+        self.handshake_timeout = handshake_timeout
+        self.handlers: dict[str, RequestHandler] = {"mesh.ping": self._answer_ping}
+        self.subscriptions: list[tuple[str, PublishCallback]] = []
+        self.udp: UdpDriver | None = None
+        self._links: dict[str, _Link] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bind the UDP link, open the serial radios, start dialling and accepting.
+
+        Raises:
+            LocalError: the UDP port is taken.
+            ConfigError: a ``[[links.serial_radios]]`` table is invalid.
+        """
+        if self.interfaces:
+            self.udp = UdpDriver(
+                {"interfaces": list(self.interfaces), "port": self.config.udp_port}
+            )
+            await self.udp.start()
+            self._spawn(self._accept_udp(self.udp), "mesh-accept")
+            self._spawn(self._dial_udp(self.udp), "mesh-dial")
+        for radio in self.config.serial_radios:
+            await self._open_radio(radio)
+
+    async def stop(self) -> None:
+        """Say goodbye on every session, close every link and driver."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(link.close() for link in self._links.values()))
+        self._links.clear()
+        if self.udp is not None:
+            await self.udp.aclose()
+
+    @property
+    def udp_port(self) -> int:
+        """The UDP port actually bound (``links.udp_port``, or the one chosen for 0)."""
+        if self.udp is None or not self.udp.bound:
+            return self.config.udp_port
+        return self.udp.bound[0].port
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+        self._tasks[-1].set_name(name)
+
+    def _add_link(self, link: _Link) -> None:
+        self._links[link.name + " " + link.address] = link
+        link.task = asyncio.get_running_loop().create_task(
+            self._run_link(link), name=f"link-{link.name}"
+        )
+
+    async def _run_link(self, link: _Link) -> None:
+        try:
+            await link.run()
+        finally:
+            self._links.pop(link.name + " " + link.address, None)
+
+    # ----------------------------------------------------------------- UDP
+
+    async def _accept_udp(self, udp: UdpDriver) -> None:
+        while True:
+            channel = await udp.accept()
+            peer = channel.peer
+            self._add_link(
+                _Link(self, f"udp/{peer.interface}", channel, _show(peer), persistent=False)
+            )
+
+    async def _dial_udp(self, udp: UdpDriver) -> None:
+        while True:
+            self._dial_pass(udp)
+            self._retire_pass()
+            await asyncio.sleep(DIAL_INTERVAL)
+
+    def _dial_pass(self, udp: UdpDriver) -> None:
+        for neighbour in self.table.neighbours():
+            if neighbour.said_goodbye or self.table.trust_of(neighbour.node_id) != "trusted":
+                continue
+            for peer in _udp_peers(neighbour.addresses, self.interfaces):
+                key = f"udp/{peer.interface} {_show(peer)}"
+                if key in self._links or self._has_session(neighbour.node_id, peer.interface):
+                    continue
+                try:
+                    channel = udp.channel(peer)
+                except LocalError as err:
+                    log.debug("not dialling %s: %s", _show(peer), err)
+                    continue
+                self._add_link(
+                    _Link(self, f"udp/{peer.interface}", channel, _show(peer), persistent=True)
+                )
+
+    def _has_session(self, node_id: str, interface: str) -> bool:
+        name = f"udp/{interface}"
+        return any(
+            link.name == name and link.status.node_id == node_id and link.endpoint is not None
+            for link in self._links.values()
+        )
+
+    def _retire_pass(self) -> None:
+        now = time.monotonic()
+        for link in list(self._links.values()):
+            since = link.status.down_since
+            if since is not None and now - since > RETIRE_AFTER and link.task is not None:
+                log.info(
+                    "link %s to %s down for %.0f s: closing it",
+                    link.name,
+                    link.address,
+                    now - since,
+                )
+                link.task.cancel()
+
+    # ----------------------------------------------------------------- radios
+
+    async def _open_radio(self, options: Any) -> None:
+        from link_drivers.serial_radio import SerialRadioDriver
+
+        driver = SerialRadioDriver(dict(options))
+        inner = await driver.open()
+        name = f"serial_radio:{driver.config.port}"
+        channel = _BeaconChannel(inner, lambda data: self._on_beacon(name, data))
+        self._add_link(_Link(self, name, channel, driver.config.port, persistent=True))
+        self._spawn(self._send_beacons(inner), f"beacons-{driver.config.port}")
+
+    def _on_beacon(self, link: str, datagram: bytes) -> None:
+        try:
+            beacon = decode_beacon(datagram)
+        except FloreteError as err:
+            log.debug("%s: beacon rejected: %s", link, err)
+            return
+        if beacon.node_id != self.identity.node_id:
+            self.table.observe(
+                beacon.node_id,
+                name=beacon.name,
+                fingerprint=beacon.fingerprint,
+                link=link,
+                source="beacon",
+                addresses=[("", 0, link.partition(":")[2])],
+                version=beacon.version,
+            )
+
+    async def _send_beacons(self, channel: DatagramChannel) -> None:
+        loop = asyncio.get_running_loop()
+        beacon = encode_beacon(
+            Beacon(self.identity.node_id, self.identity.name, self.identity.fingerprint)
+        )
+        scheduler = BeaconScheduler(channel.info, beacon_size=len(beacon))
+        while True:
+            await asyncio.sleep(max(0.0, scheduler.next_due(loop.time()) - loop.time()))
+            await channel.send(beacon)
+            scheduler.sent(loop.time(), len(beacon))
+
+    # ----------------------------------------------------------------- messages
+
+    def on_request(self, method: str, handler: RequestHandler) -> None:
+        """Serve ``method`` for every neighbour, on current and future sessions."""
+        self.handlers[method] = handler
+        for link in self._links.values():
+            if link.endpoint is not None:
+                link.endpoint.on_request(method, handler)
+
+    async def subscribe(self, pattern: str, callback: PublishCallback) -> None:
+        """Receive publications matching ``pattern`` (MQTT wildcards) from every neighbour."""
+        self.subscriptions.append((pattern, callback))
+        for link in list(self._links.values()):
+            if link.endpoint is not None:
+                await link.endpoint.subscribe(pattern, callback)
+
+    def best_link(self, node_id: str) -> str:
+        """The name of the link :meth:`endpoint` uses for ``node_id`` (see there)."""
+        return self._best(node_id).name
+
+    def endpoint(self, node_id: str) -> Endpoint:
+        """The endpoint of the best link to ``node_id``: up, then lowest cost, then lowest RTT.
+
+        Raises:
+            NotFoundError: no established session to that node.
+        """
+        endpoint = self._best(node_id).endpoint
+        assert endpoint is not None
+        return endpoint
+
+    def _best(self, node_id: str) -> _Link:
+        links = [
+            link
+            for link in self._links.values()
+            if link.endpoint is not None and link.status.node_id == node_id
+        ]
+        if not links:
+            raise NotFoundError(f"no session to node {short_id(node_id)}")
+        return min(links, key=lambda k: (not k.up, k.cost, k.metrics.rtt or float("inf")))
+
+    async def ping(self, node_id: str, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """Round trip of a ``mesh.ping`` request to ``node_id`` over its best link.
+
+        Returns:
+            ``{"nodeID", "name", "link", "rttSeconds"}``: who answered, over which link, and
+            the request's round-trip time in seconds (TLS, ARQ and the link included).
+
+        Raises:
+            NotFoundError: no session to that node; RpcTimeoutError: no answer in ``timeout``.
+        """
+        link = self.best_link(node_id)
+        started = time.perf_counter()
+        answer = await self.request(node_id, "mesh.ping", None, timeout)
+        rtt = time.perf_counter() - started
+        return {"nodeID": answer["nodeID"], "name": answer["name"], "link": link, "rttSeconds": rtt}
+
+    async def _answer_ping(self, body: Any) -> dict[str, str]:
+        return {"nodeID": self.identity.node_id, "name": self.identity.name}
+
+    async def request(
+        self,
+        node_id: str,
+        method: str,
+        body: Any = None,
+        timeout: float = 10.0,  # noqa: ASYNC109 (a deadline per request, as Endpoint has)
+    ) -> Any:
+        """Call ``method`` on ``node_id`` over its best link (see :meth:`Endpoint.request`).
+
+        Raises:
+            NotFoundError: no session to that node; and whatever :meth:`Endpoint.request` raises.
+        """
+        return await self.endpoint(node_id).request(method, body, timeout)
+
+    async def publish(self, topic: str, body: Any) -> int:
+        """Publish to every neighbour that subscribed, once each, over its best link.
+
+        Returns:
+            The number of neighbours the message was sent to.
+        """
+        sent = 0
+        for node_id in {link.status.node_id for link in self._links.values() if link.endpoint}:
+            if await self.endpoint(node_id).publish(topic, body):
+                sent += 1
+        return sent
+
+    def links(self) -> list[dict[str, Any]]:
+        """Every link with its state and live metrics (JSON-ready), sorted by name."""
+        return sorted(
+            (link.snapshot() for link in self._links.values()),
+            key=lambda d: (d["name"], d["address"]),
+        )
+
+
+def _show(peer: UdpAddress) -> str:
+    host = f"[{peer.host}]" if ":" in peer.host else peer.host
+    return f"{host}:{peer.port}%{peer.interface}" if ":" in peer.host else f"{host}:{peer.port}"
+
+
+def _udp_peers(
+    addresses: dict[str, list[tuple[str, int, str]]], interfaces: tuple[str, ...]
+) -> list[UdpAddress]:
+    """One address per interface from a neighbour's UDP addresses: IPv4 first, else IPv6."""
+    chosen: dict[str, UdpAddress] = {}
+    for link, entries in addresses.items():
+        if not link.startswith("udp"):
+            continue
+        for host, port, interface in entries:
+            if interface not in interfaces or port == 0:
+                continue
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+            current = chosen.get(interface)
+            if current is None or (ip.version == 4 and ":" in current.host):
+                chosen[interface] = UdpAddress(host.split("%", 1)[0], port, interface)
+    return list(chosen.values())

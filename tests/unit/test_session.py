@@ -1,0 +1,468 @@
+"""Secure sessions over real ARQ streams and real TLS 1.3, between real node identities.
+
+Each pair of sessions runs over two :class:`ArqStream` s joined by in-memory datagram channels
+(the ARQ core is the production one; only the wire is a queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from agent.errors import LocalError, LocalProtocolError, RemoteProtocolError
+from agent.identity import Identity, _make_certificate, load_or_create_identity, short_id
+from agent.messages import PairingMessage, Publish, Request, decode, encode
+from agent.session import (
+    HandshakeTimeoutError,
+    PeerRejectedError,
+    SecureSession,
+    SessionClosedError,
+    SessionMetrics,
+    SessionState,
+    open_session,
+)
+from agent.store import Store
+from agent.trust import TrustListener, TrustStore
+from link_drivers.api import DatagramChannel, LinkInfo, LinkMetrics
+from link_drivers.arq import ArqConfig
+from link_drivers.stream import ArqStream
+
+ARQ = ArqConfig(mtu=256, keepalive_interval=5.0, dead_interval=15.0)
+
+
+class MemoryChannel(DatagramChannel):
+    """One end of an in-memory datagram wire (lossless, in order)."""
+
+    def __init__(self) -> None:
+        self.peer: MemoryChannel | None = None
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._metrics = LinkMetrics(up=True)
+        self._info = LinkInfo(mtu=ARQ.mtu, bitrate=1e9)
+
+    @property
+    def info(self) -> LinkInfo:
+        return self._info
+
+    @property
+    def metrics(self) -> LinkMetrics:
+        return self._metrics
+
+    async def send(self, datagram: bytes) -> None:
+        if len(datagram) > self._info.mtu:
+            raise LocalError("datagram exceeds the MTU")
+        assert self.peer is not None
+        self._metrics.tx_frames += 1
+        self.peer._inbox.put_nowait(datagram)
+
+    async def receive(self) -> bytes:
+        data = await self._inbox.get()
+        self._metrics.rx_frames += 1
+        return data
+
+    async def aclose(self) -> None:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def stream_pair() -> AsyncIterator[tuple[ArqStream, ArqStream]]:
+    """Two connected ARQ streams over an in-memory wire."""
+    left, right = MemoryChannel(), MemoryChannel()
+    left.peer, right.peer = right, left
+    async with ArqStream(left, ARQ, name="left") as a, ArqStream(right, ARQ, name="right") as b:
+        async with asyncio.timeout(5):
+            await a.wait_connected()
+            await b.wait_connected()
+        yield a, b
+
+
+@dataclasses.dataclass
+class Node:
+    identity: Identity
+    store: Store
+    trust: TrustStore
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    def trusts(self, *others: Node) -> None:
+        for other in others:
+            pem = other.identity.certificate.public_bytes(serialization.Encoding.PEM)
+            self.trust.add(pem, source="manual")
+
+
+@contextlib.contextmanager
+def make_nodes(tmp_path: Path) -> Iterator[list[Node]]:
+    """Three nodes (alpha, bravo, charlie) with their own state dirs, trusting nobody yet."""
+    made: list[Node] = []
+    for name in ("alpha", "bravo", "charlie"):
+        store = Store(tmp_path / name / "agent.db")
+        made.append(Node(load_or_create_identity(tmp_path / name, name), store, TrustStore(store)))
+    try:
+        yield made
+    finally:
+        for node in made:
+            node.store.close()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[Node]]:
+    with make_nodes(tmp_path) as made:
+        yield made
+
+
+async def open_pair(
+    a: Node, b: Node, sa: ArqStream, sb: ArqStream
+) -> tuple[SecureSession, SecureSession]:
+    first, second = await asyncio.gather(
+        open_session(sa, a.identity, a.trust, handshake_timeout=5.0),
+        open_session(sb, b.identity, b.trust, handshake_timeout=5.0),
+    )
+    return first, second
+
+
+@contextlib.asynccontextmanager
+async def established(a: Node, b: Node) -> AsyncIterator[tuple[SecureSession, SecureSession]]:
+    """Two nodes that trust each other, with an established session between them."""
+    a.trusts(b)
+    b.trusts(a)
+    async with stream_pair() as (sa, sb):
+        sess_a, sess_b = await open_pair(a, b, sa, sb)
+        try:
+            yield sess_a, sess_b
+        finally:
+            await sess_a.close()
+            with contextlib.suppress(SessionClosedError):  # take the goodbye: no drain wait
+                while True:
+                    await sess_b.receive()
+
+
+def preamble(identity: Identity, **override: object) -> bytes:
+    fields: dict[str, object] = {
+        "v": 1,
+        "id": identity.node_id,
+        "name": identity.name,
+        "fp": identity.fingerprint,
+    }
+    fields.update(override)
+    data: bytes = cbor2.dumps(fields)
+    return data
+
+
+async def test_trusted_nodes_exchange_messages_both_ways(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with established(alpha, bravo) as (a, b):
+        assert a.state is b.state is SessionState.ESTABLISHED
+        assert (a.peer_id, a.peer_name) == (bravo.node_id, "bravo")
+        assert (b.peer_id, b.peer_name) == (alpha.node_id, "alpha")
+        await a.send(Publish("x/y", b"from alpha"))
+        await b.send(Request(1, "ping", {"n": 1}))
+        await a.send(Publish("x/z", 2))
+        assert await b.receive() == Publish("x/y", b"from alpha")
+        assert await b.receive() == Publish("x/z", 2)
+        assert await a.receive() == Request(1, "ping", {"n": 1})
+        big = bytes(range(256)) * 200  # 51 KiB: several TLS records and stream chunks
+        await b.send(Publish("big", big))
+        assert await a.receive() == Publish("big", big)
+        assert (a.metrics.messages_sent, a.metrics.messages_received) == (2, 2)
+
+
+async def test_smaller_node_id_is_the_tls_client(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with established(alpha, bravo) as (a, b):
+        assert a.is_client is (alpha.node_id < bravo.node_id)
+        assert b.is_client is not a.is_client
+
+
+async def test_goodbye_closes_the_peer_at_once(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with established(alpha, bravo) as (a, b):
+        waiting = asyncio.create_task(b.receive())
+        await asyncio.sleep(0)
+        await a.close("maintenance")
+        async with asyncio.timeout(1):  # the link would need 15 s to notice silence
+            with pytest.raises(SessionClosedError, match=r"peer said goodbye \(maintenance\)"):
+                await waiting
+        assert a.state is b.state is SessionState.CLOSED
+        with pytest.raises(SessionClosedError, match="closed by this node"):
+            await a.send(Publish("t", None))
+        with pytest.raises(SessionClosedError):
+            await b.receive()
+
+
+async def test_only_one_receiver_at_a_time(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with established(alpha, bravo) as (a, _b):
+        first = asyncio.create_task(a.receive())
+        await asyncio.sleep(0)
+        with pytest.raises(LocalProtocolError, match="already awaiting"):
+            await a.receive()
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+
+
+async def test_cancelled_receive_loses_no_message(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with established(alpha, bravo) as (a, b):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await b.receive()
+        await a.send(Publish("t", 1))
+        assert await b.receive() == Publish("t", 1)
+
+
+async def test_untrusted_peer_gets_nothing_but_pairing(nodes: list[Node]) -> None:
+    alpha, mallory, _ = nodes
+    received: list[PairingMessage] = []
+
+    async def pairing(session: SecureSession, msg: PairingMessage) -> None:
+        received.append(msg)
+        await session.send(PairingMessage(0x41, b"answer"))
+
+    async with stream_pair() as (sa, sm):
+        await sm.send(preamble(mallory.identity))
+        a = await open_session(sa, alpha.identity, alpha.trust, pairing_handler=pairing)
+        assert a.state is SessionState.UNTRUSTED
+        assert a.peer_id == mallory.node_id
+        serving = asyncio.create_task(a.receive())
+        await sm.send(encode(Publish("t", b"let me in")))
+        await sm.send(b"\x16\x03\x01garbage that looks like TLS")
+        await sm.send(encode(PairingMessage(0x40, b"hello")))
+        async with asyncio.timeout(5):
+            assert cbor2.loads(await sm.receive())["id"] == alpha.node_id  # the preamble
+            assert decode(await sm.receive()) == PairingMessage(0x41, b"answer")
+        assert received == [PairingMessage(0x40, b"hello")]
+        assert a.metrics.dropped == 2
+        with pytest.raises(LocalProtocolError, match="only pairing messages"):
+            await a.send(Publish("t", b"secret"))
+        await a.close()
+        with pytest.raises(SessionClosedError):
+            await serving
+        with pytest.raises(TimeoutError):  # nothing else was sent: no goodbye either
+            async with asyncio.timeout(0.2):
+                await sm.receive()
+
+
+async def test_pairing_handler_may_close_the_session(nodes: list[Node]) -> None:
+    alpha, mallory, _ = nodes
+
+    async def refuse(session: SecureSession, msg: PairingMessage) -> None:
+        await session.close()
+
+    async with stream_pair() as (sa, sm):
+        await sm.send(preamble(mallory.identity))
+        a = await open_session(sa, alpha.identity, alpha.trust, pairing_handler=refuse)
+        await sm.send(encode(PairingMessage(0x40, None)))
+        async with asyncio.timeout(2):
+            with pytest.raises(SessionClosedError, match="closed by this node"):
+                await a.receive()
+
+
+class WatchedTrust(TrustStore):
+    """A trust store that tells when a session starts listening (it has trusted its peer)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.listening = asyncio.Event()
+
+    def add_listener(self, listener: TrustListener) -> Callable[[], None]:
+        self.listening.set()
+        return super().add_listener(listener)
+
+
+async def test_revocation_during_the_handshake_stops_it(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    trust = WatchedTrust(alpha.store)
+    alpha.trusts(bravo)
+    async with stream_pair() as (sa, sb):
+        await sb.send(preamble(bravo.identity))  # then silence: the handshake hangs
+        opening = asyncio.create_task(open_session(sa, alpha.identity, trust))
+        await trust.listening.wait()
+        trust.revoke(bravo.node_id)
+        async with asyncio.timeout(1):
+            with pytest.raises(SessionClosedError, match="peer revoked"):
+                await opening
+
+
+async def test_peer_that_is_not_trusted_back_times_out(
+    nodes: list[Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    alpha, bravo, _ = nodes
+    bravo.trusts(alpha)
+    metrics = SessionMetrics()
+    async with stream_pair() as (sa, sb):
+        a_task = asyncio.create_task(open_session(sa, alpha.identity, alpha.trust))
+        with pytest.raises(HandshakeTimeoutError, match=r"within 0\.5 s"):
+            await open_session(
+                sb, bravo.identity, bravo.trust, handshake_timeout=0.5, metrics=metrics
+            )
+        a = await a_task
+        assert a.state is SessionState.UNTRUSTED
+        serving = asyncio.create_task(a.receive())
+        await asyncio.sleep(0.05)
+        # bravo's ClientHello (when bravo is the client) was dropped, never passed on.
+        assert a.metrics.dropped == (1 if bravo.node_id < alpha.node_id else 0)
+        await a.close()
+        with pytest.raises(SessionClosedError):
+            await serving
+    assert metrics.timeouts == 1
+    assert "does the peer trust this node?" in caplog.text
+
+
+async def test_revoked_peer_is_refused(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    alpha.trusts(bravo)
+    bravo.trusts(alpha)
+    alpha.trust.revoke(bravo.node_id)
+    async with stream_pair() as (sa, sb):
+        a_task = asyncio.create_task(open_session(sa, alpha.identity, alpha.trust))
+        with pytest.raises(HandshakeTimeoutError):
+            await open_session(sb, bravo.identity, bravo.trust, handshake_timeout=0.5)
+        a = await a_task
+        assert a.state is SessionState.UNTRUSTED
+        await a.close()
+
+
+async def test_revoking_closes_a_live_session(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with established(alpha, bravo) as (a, b):
+        at_a = asyncio.create_task(a.receive())
+        at_b = asyncio.create_task(b.receive())
+        await asyncio.sleep(0)
+        alpha.trust.revoke(bravo.node_id)
+        async with asyncio.timeout(1):
+            with pytest.raises(SessionClosedError, match="peer revoked"):
+                await at_a
+            with pytest.raises(SessionClosedError, match=r"goodbye \(revoked\)"):
+                await at_b
+
+
+async def test_re_adding_the_same_peer_keeps_the_session(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with established(alpha, bravo) as (a, b):
+        alpha.trusts(bravo)
+        await b.send(Publish("t", 1))
+        assert await a.receive() == Publish("t", 1)
+
+
+async def test_peer_claiming_another_nodes_id_is_refused(
+    nodes: list[Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    alpha, bravo, charlie = nodes
+    alpha.trusts(bravo, charlie)
+    bravo.trusts(alpha)
+    # bravo claims charlie's ID and fingerprint but holds only its own key and certificate.
+    spoof = dataclasses.replace(
+        bravo.identity, node_id=charlie.node_id, certificate=charlie.identity.certificate
+    )
+    metrics = SessionMetrics()
+    caplog.set_level(logging.INFO, logger="agent.session")
+    async with stream_pair() as (sa, sb):
+        results = await asyncio.gather(
+            open_session(sa, alpha.identity, alpha.trust, metrics=metrics),
+            open_session(sb, spoof, bravo.trust),
+            return_exceptions=True,
+        )
+    assert isinstance(results[0], PeerRejectedError)
+    assert "not the one pinned" in str(results[0])
+    await close_all(results)
+    assert metrics.rejected == 1
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(f"[peer={short_id(charlie.node_id)}] refused:" in line for line in lines)
+    assert "Traceback" not in caplog.text
+    assert "PRIVATE KEY" not in caplog.text
+
+
+async def close_all(results: Sequence[SecureSession | BaseException]) -> None:
+    for result in results:
+        if isinstance(result, SecureSession):
+            await result.close()
+
+
+async def test_reissued_certificate_that_is_not_pinned_is_refused(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    alpha, bravo, _ = nodes
+    alpha.trusts(bravo)
+    bravo.trusts(alpha)
+    # Same key (so the same node ID), new certificate; bravo still claims the pinned fingerprint.
+    reissued = tmp_path / "reissued.crt"
+    cert = _make_certificate(bravo.identity.private_key, "bravo", bravo.node_id)
+    reissued.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    liar = dataclasses.replace(bravo.identity, cert_path=reissued)
+    async with stream_pair() as (sa, sb):
+        results = await asyncio.gather(
+            open_session(sa, alpha.identity, alpha.trust),
+            open_session(sb, liar, bravo.trust),
+            return_exceptions=True,
+        )
+    assert isinstance(results[0], PeerRejectedError), results
+    assert f"node {short_id(bravo.node_id)} refused" in str(results[0])
+    await close_all(results)
+
+
+async def test_peer_claiming_our_own_id_is_refused(nodes: list[Node]) -> None:
+    alpha, _, _ = nodes
+    async with stream_pair() as (sa, sm):
+        await sm.send(preamble(alpha.identity))
+        with pytest.raises(PeerRejectedError, match="this node's own node ID"):
+            await open_session(sa, alpha.identity, alpha.trust)
+
+
+async def test_handshake_timeout_on_a_silent_peer(nodes: list[Node]) -> None:
+    alpha, _, _ = nodes
+    metrics = SessionMetrics()
+    async with stream_pair() as (sa, _sb):
+        with pytest.raises(HandshakeTimeoutError, match="stuck in preamble"):
+            await open_session(
+                sa, alpha.identity, alpha.trust, handshake_timeout=0.2, metrics=metrics
+            )
+    assert metrics.timeouts == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xff\xfe garbage", "not valid CBOR"),
+        (b"\x00" * 600, "exceeds 512"),
+        (cbor2.dumps([1, 2]), "not exactly one CBOR map"),
+        (cbor2.dumps({"v": 2}), "unsupported session protocol version 2"),
+        (cbor2.dumps({"v": 1, "id": 1, "name": "x", "fp": "y"}), "must all be text"),
+        (cbor2.dumps({"v": 1, "id": "nope", "name": "x", "fp": "y"}), "preamble id: node ID"),
+    ],
+)
+async def test_garbage_preamble_closes_the_session(
+    nodes: list[Node], data: bytes, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    alpha, _, _ = nodes
+    metrics = SessionMetrics()
+    async with stream_pair() as (sa, sm):
+        await sm.send(data)
+        with pytest.raises(RemoteProtocolError, match=reason):
+            await open_session(sa, alpha.identity, alpha.trust, metrics=metrics)
+        with pytest.raises(LocalError, match="closed"):
+            await sa.send(b"x")
+    assert metrics.protocol_errors == 1
+    assert "bad preamble" in caplog.text
+
+
+async def test_bad_fields_in_a_preamble(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    for override, reason in [
+        ({"fp": "AB:CD"}, "not a SHA-256 fingerprint"),
+        ({"name": "n" * 254}, "over 253 bytes"),
+        ({"id": bravo.node_id.lower()}, "not in display form"),
+    ]:
+        async with stream_pair() as (sa, sm):
+            await sm.send(preamble(bravo.identity, **override))
+            with pytest.raises(RemoteProtocolError, match=reason):
+                await open_session(sa, alpha.identity, alpha.trust)
