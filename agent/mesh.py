@@ -39,8 +39,9 @@ from agent.identity import Identity, short_id
 from agent.neighbours import NeighbourTable
 from agent.rpc import Endpoint, PublishCallback, RequestHandler
 from agent.session import SecureSession, SessionState, open_session
+from agent.store import StoredPeer
 from agent.trust import TrustStore
-from link_drivers.api import DatagramChannel, LinkInfo, LinkMetrics
+from link_drivers.api import DatagramChannel, LinkInfo, LinkMetrics, ReliableStream
 from link_drivers.arq import ArqConfig
 from link_drivers.stream import ArqStream
 from link_drivers.udp import UdpAddress, UdpDriver
@@ -96,7 +97,9 @@ class _Link:
         self.status = _LinkState()
         self.stream: ArqStream | None = None
         self.endpoint: Endpoint | None = None
+        self.untrusted: SecureSession | None = None
         self.task: asyncio.Task[None] | None = None
+        self.closing = False
 
     @property
     def cost(self) -> float:
@@ -111,32 +114,50 @@ class _Link:
         return self.stream.metrics if self.stream is not None else self.channel.metrics
 
     async def run(self) -> None:
+        """Open sessions on the link until it is closed (or, for a peer that called us, until
+        the first session that never got established ends).
+
+        Session boundaries are ARQ session boundaries, so that no byte of an old session is
+        ever read by a new one: when the peer restarted (the stream reports the ARQ reset in
+        order), the next session starts on the same stream right away; when a session ends for
+        any other reason, this side starts a new ARQ session (a new stream), which the peer
+        sees as a reset, after a backoff of 1 s doubling to 30 s.
+        """
+        config = ArqConfig.for_link(
+            self.channel.info,
+            keepalive_interval=self.mesh.config.keepalive,
+            dead_interval=self.mesh.config.dead_interval,
+        )
         backoff = _BACKOFF_FIRST
         try:
             while True:
-                established = await self._one_session()
-                if not (self.persistent or established):
-                    return
-                if established:
-                    backoff = _BACKOFF_FIRST
+                stream = ArqStream(self.channel, config, name=self.name, on_link=self._on_link)
+                self.stream = stream
+                async with stream:
+                    while True:
+                        resets = stream.resets_reported
+                        established = await self._one_session(_Borrowed(stream))
+                        self.persistent = self.persistent or established
+                        reset = stream.resets_reported != resets
+                        if self.closing or not (self.persistent or reset):
+                            return
+                        if established:
+                            backoff = _BACKOFF_FIRST
+                        if not reset:
+                            break
+                        if not established:  # the peer keeps starting over: pace it
+                            await asyncio.sleep(backoff * random.uniform(1.0, 1.25))
+                            backoff = min(backoff * 2, _BACKOFF_MAX)
                 await asyncio.sleep(backoff * random.uniform(1.0, 1.25))
                 backoff = min(backoff * 2, _BACKOFF_MAX)
         finally:
             self.status.state = "closed"
             await self.channel.aclose()
 
-    async def _one_session(self) -> bool:
+    async def _one_session(self, stream: _Borrowed) -> bool:
         """Open one session and serve it until it ends; True if it was established."""
         mesh = self.mesh
-        config = ArqConfig.for_link(
-            self.channel.info,
-            keepalive_interval=mesh.config.keepalive,
-            dead_interval=mesh.config.dead_interval,
-        )
         self.status.state = "connecting"
-        stream = ArqStream(self.channel, config, name=self.name, on_link=self._on_link)
-        self.stream = stream
-        stream.start()
         try:
             session = await open_session(
                 stream, mesh.identity, mesh.trust, handshake_timeout=mesh.handshake_timeout
@@ -144,21 +165,31 @@ class _Link:
         except (FloreteError, TimeoutError) as err:
             self.status.reason = str(err)
             log.info("link %s to %s: no session: %s", self.name, self.address, err)
-            await stream.aclose()
             return False
         if session.state is not SessionState.ESTABLISHED:
-            self.status.state = "untrusted"
-            self.status.node_id = session.peer_id
-            log.info(
-                "link %s: peer %s (%s) is not trusted: only pairing is possible",
-                self.name,
-                short_id(session.peer_id) if session.peer_id else "?",
-                session.peer_name,
-            )
-            await session.close("not trusted")
+            await self._hold_untrusted(session)
             return False
         await self._serve(session)
         return True
+
+    async def _hold_untrusted(self, session: SecureSession) -> None:
+        """Keep a session with an untrusted peer open (it carries only pairing messages) until
+        it closes, or until the peer becomes trusted (then a fresh session authenticates)."""
+        self.status.state, self.status.node_id = "untrusted", session.peer_id
+        self.status.peer_name = session.peer_name
+        log.info(
+            "link %s: peer %s (%s) is not trusted: only pairing messages pass",
+            self.name,
+            short_id(session.peer_id),
+            session.peer_name,
+        )
+        self.untrusted = session
+        try:
+            with contextlib.suppress(FloreteError):
+                await session.receive()
+        finally:
+            self.untrusted = None
+            await session.close("not trusted")
 
     async def _serve(self, session: SecureSession) -> None:
         mesh, status = self.mesh, self.status
@@ -212,6 +243,7 @@ class _Link:
 
     async def close(self) -> None:
         """Say goodbye on the session (if any) and stop."""
+        self.closing = True
         if self.endpoint is not None:
             with contextlib.suppress(FloreteError):
                 await self.endpoint.close()
@@ -242,6 +274,29 @@ class _Link:
             "since": s.since,
             "reason": s.reason,
         }
+
+
+class _Borrowed(ReliableStream):
+    """A stream lent to one session: closing the session leaves the link's stream open."""
+
+    def __init__(self, stream: ArqStream) -> None:
+        self._stream = stream
+
+    @property
+    def metrics(self) -> LinkMetrics:
+        return self._stream.metrics
+
+    async def send(self, message: bytes) -> None:
+        await self._stream.send(message)
+
+    async def receive(self) -> bytes:
+        return await self._stream.receive()
+
+    async def drain(self) -> None:
+        await self._stream.drain()
+
+    async def aclose(self) -> None:
+        """Nothing: the link closes its stream."""
 
 
 class _BeaconChannel(DatagramChannel):
@@ -306,6 +361,8 @@ class Mesh:
         self.udp: UdpDriver | None = None
         self._links: dict[str, _Link] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        self._unlisten = trust.add_listener(self._on_trust_change)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -326,8 +383,20 @@ class Mesh:
         for radio in self.config.serial_radios:
             await self._open_radio(radio)
 
+    def _on_trust_change(self, peer: StoredPeer) -> None:
+        """A peer became trusted: its untrusted sessions close, so that new ones authenticate
+        (revocations are handled by the sessions themselves)."""
+        if peer.state != "trusted":
+            return
+        for link in self._links.values():
+            if link.untrusted is not None and link.status.node_id == peer.node_id:
+                task = asyncio.ensure_future(link.untrusted.close("now trusted"))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
     async def stop(self) -> None:
         """Say goodbye on every session, close every link and driver."""
+        self._unlisten()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

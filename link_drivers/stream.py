@@ -74,7 +74,11 @@ class ArqStream(ReliableStream):
         self._log = LinkLog(log, link=name)
         self.high_water = high_water or 4 * self.config.window * self.config.mtu
         self._on_link = on_link
-        self._inbox: collections.deque[bytes] = collections.deque()
+        self.resets_reported = 0
+        """Peer restarts :meth:`receive` has reported so far."""
+        # Messages in order; None marks a session reset at its place in the sequence, so that
+        # messages of the new session are never read before the reset is reported.
+        self._inbox: collections.deque[bytes | None] = collections.deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._connected = asyncio.Event()
@@ -82,7 +86,6 @@ class ArqStream(ReliableStream):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._timer_fired = False
-        self._unreported_resets = 0
         self._closed = False
         self.up = False
 
@@ -166,12 +169,12 @@ class ArqStream(ReliableStream):
         while True:
             if self._inbox:
                 msg = self._inbox.popleft()
+                if msg is None:
+                    self.resets_reported += 1
+                    raise LocalError("ARQ session was reset (peer restarted); messages were lost")
                 self.session.consumed(len(msg))
                 self._wake.set()
                 return msg
-            if self._unreported_resets:
-                self._unreported_resets -= 1
-                raise LocalError("ARQ session was reset (peer restarted); messages were lost")
             self._check_open()
             self._progress.clear()
             await self._progress.wait()
@@ -205,7 +208,7 @@ class ArqStream(ReliableStream):
             elif isinstance(ev, LinkDown):
                 self._set_up(False)
             elif isinstance(ev, SessionReset):
-                self._unreported_resets += 1
+                self._inbox.append(None)
         self._progress.set()
         self._wake.set()
 
