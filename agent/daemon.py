@@ -108,10 +108,10 @@ async def _start_discovery(
     cfg: Config, identity: Identity, mesh: Mesh, runtimes: RuntimeRegistry
 ) -> Discovery | None:
     """Announce and browse with mDNS; a failure is logged, the agent goes on without it."""
-    if not (cfg.links.mdns and mesh.interfaces and mesh.udp is not None):
+    if not (cfg.links.mdns and mesh.ip_links):
         return None
     healthy = [name for name, fp in (await runtimes.fingerprints()).items() if fp.healthy]
-    links = ["udp"] + (["serial_radio"] if cfg.links.serial_radios else [])
+    links = ["udp"] + (["wifi"] if mesh.wifi else []) + (["serial"] if mesh.radios else [])
     discovery = Discovery(
         identity.node_id,
         identity.name,
@@ -120,6 +120,7 @@ async def _start_discovery(
         {"rt": "+".join(healthy), "ln": "+".join(links)},
         mesh.interfaces,
         mesh.table,
+        link_name=mesh.link_name,
     )
     try:
         await discovery.start()

@@ -47,7 +47,7 @@ import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -331,7 +331,9 @@ class Discovery:
         interfaces: interface names to use (``network.interfaces`` resolved by
             :func:`agent.config.resolve_interfaces`); may be ``["lo"]``.
         table: where observations go.
-        link: the link name for the addresses found (default ``"udp"``).
+        link: the link name for addresses on no known interface (default ``"udp"``).
+        link_name: interface -> the neighbour-table link of addresses heard on it (default
+            ``"<link>/<interface>"``; the mesh passes its own, e.g. ``"wifi/wlan0"``).
         resolve_timeout: seconds to wait for a service's SRV/TXT/addresses (default 3).
 
     Raises:
@@ -350,6 +352,7 @@ class Discovery:
         table: NeighbourTable,
         *,
         link: str = "udp",
+        link_name: Callable[[str], str] | None = None,
         resolve_timeout: float = 3.0,
     ) -> None:
         if not interfaces:
@@ -367,6 +370,7 @@ class Discovery:
         self._interfaces = list(interfaces)
         self._table = table
         self._link = link
+        self._link_name = link_name or (lambda interface: f"{link}/{interface}")
         self._resolve_timeout = resolve_timeout
         self.stats = DiscoveryStats()
         self._aiozc: AsyncZeroconf | None = None
@@ -576,7 +580,7 @@ class Discovery:
     def link_name(self, interface: str) -> str:
         """The neighbour-table link of addresses heard on ``interface``: ``"udp/eth0"`` (one link
         per interface, as the mesh names its sessions), or ``"udp"`` when it is unknown."""
-        return f"{self._link}/{interface}" if interface else self._link
+        return self._link_name(interface) if interface else self._link
 
     def _address(self, host: str, port: int) -> Address:
         """``(host, port, interface)``: a link-local IPv6 address keeps its scope as the
@@ -605,8 +609,9 @@ class Discovery:
         if node_id is None:
             return
         node = self._table.get(node_id)
+        ours = {self._link, *(self._link_name(i) for i in self._interfaces)}
         for link in list(node.links) if node is not None else []:
-            if link == self._link or link.startswith(self._link + "/"):
+            if link in ours:
                 self._table.withdraw(node_id, link)
         if node is not None and not node.up:
             _log.info("neighbour %s (%s) withdrew its mDNS announcement", node.name, node_id)

@@ -29,7 +29,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from agent.beacons import Beacon, BeaconScheduler, decode_beacon, encode_beacon, is_beacon
@@ -45,6 +45,10 @@ from link_drivers.api import DatagramChannel, LinkInfo, LinkMetrics, ReliableStr
 from link_drivers.arq import ArqConfig
 from link_drivers.stream import ArqStream
 from link_drivers.udp import UdpAddress, UdpDriver
+from link_drivers.wifi import WifiDriver
+
+IpDriver = UdpDriver | WifiDriver
+"""A link driver of UDP datagrams on IP interfaces: channels per peer address, accept."""
 
 __all__ = ["RETIRE_AFTER", "Mesh"]
 
@@ -359,6 +363,11 @@ class Mesh:
         self.handlers: dict[str, RequestHandler] = {"mesh.ping": self._answer_ping}
         self.subscriptions: list[tuple[str, PublishCallback]] = []
         self.udp: UdpDriver | None = None
+        self.wifi: list[WifiDriver] = []
+        self.radios: list[str] = []
+        """Devices of the serial radio links."""
+        self.ip_links: dict[str, tuple[str, IpDriver]] = {}
+        """Interface -> (link name, driver) of the IP links: ``udp/eth0``, ``wifi/wlan0``."""
         self._links: dict[str, _Link] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
@@ -367,21 +376,41 @@ class Mesh:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Bind the UDP link, open the serial radios, start dialling and accepting.
+        """Bind the IP links, open the serial radios, start dialling and accepting.
+
+        Interfaces named by ``[[links.wifi]]`` tables get the Wi-Fi driver (UDP plus radio
+        awareness; added to the interfaces if not listed there), the others the UDP driver.
 
         Raises:
             LocalError: the UDP port is taken.
-            ConfigError: a ``[[links.serial_radios]]`` table is invalid.
+            ConfigError: a ``[[links.serial_radios]]`` or ``[[links.wifi]]`` table is invalid.
         """
-        if self.interfaces:
-            self.udp = UdpDriver(
-                {"interfaces": list(self.interfaces), "port": self.config.udp_port}
-            )
+        self.wifi = [WifiDriver({"port": self.config.udp_port, **t}) for t in self.config.wifi]
+        wireless = [d.config.interface for d in self.wifi]
+        wired = tuple(i for i in self.interfaces if i not in wireless)
+        self.interfaces = tuple(dict.fromkeys((*self.interfaces, *wireless)))
+        drivers: list[IpDriver] = []
+        if wired:
+            self.udp = UdpDriver({"interfaces": list(wired), "port": self.config.udp_port})
             await self.udp.start()
-            self._spawn(self._accept_udp(self.udp), "mesh-accept")
-            self._spawn(self._dial_udp(self.udp), "mesh-dial")
+            drivers.append(self.udp)
+            self.ip_links |= {i: (f"udp/{i}", self.udp) for i in wired}
+        for wifi in self.wifi:
+            await wifi.start()
+            drivers.append(wifi)
+            self.ip_links[wifi.config.interface] = (f"wifi/{wifi.config.interface}", wifi)
+        for driver in drivers:
+            self._spawn(self._accept_ip(driver), f"mesh-accept-{driver.name}")
+        if drivers:
+            self._spawn(self._dial_ip(), "mesh-dial")
         for radio in self.config.serial_radios:
             await self._open_radio(radio)
+
+    def link_name(self, interface: str) -> str:
+        """The link name of addresses on ``interface`` (``"udp/eth0"``, ``"wifi/wlan0"``), as
+        sessions report it to the neighbour table; discovery names its observations alike."""
+        entry = self.ip_links.get(interface)
+        return entry[0] if entry is not None else f"udp/{interface}"
 
     def _on_trust_change(self, peer: StoredPeer) -> None:
         """A peer became trusted: its untrusted sessions close, so that new ones authenticate
@@ -404,15 +433,16 @@ class Mesh:
                 await task
         await asyncio.gather(*(link.close() for link in self._links.values()))
         self._links.clear()
-        if self.udp is not None:
-            await self.udp.aclose()
+        for driver in {id(d): d for _, d in self.ip_links.values()}.values():
+            await driver.aclose()
 
     @property
     def udp_port(self) -> int:
         """The UDP port actually bound (``links.udp_port``, or the one chosen for 0)."""
-        if self.udp is None or not self.udp.bound:
-            return self.config.udp_port
-        return self.udp.bound[0].port
+        for _, driver in self.ip_links.values():
+            if driver.bound:
+                return driver.bound[0].port
+        return self.config.udp_port
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -432,39 +462,36 @@ class Mesh:
 
     # ----------------------------------------------------------------- UDP
 
-    async def _accept_udp(self, udp: UdpDriver) -> None:
+    async def _accept_ip(self, driver: IpDriver) -> None:
         while True:
-            channel = await udp.accept()
+            channel = await driver.accept()
             peer = channel.peer
-            self._add_link(
-                _Link(self, f"udp/{peer.interface}", channel, _show(peer), persistent=False)
-            )
+            name = self.link_name(peer.interface)
+            self._add_link(_Link(self, name, channel, _show(peer), persistent=False))
 
-    async def _dial_udp(self, udp: UdpDriver) -> None:
+    async def _dial_ip(self) -> None:
         while True:
-            self._dial_pass(udp)
+            self._dial_pass()
             self._retire_pass()
             await asyncio.sleep(DIAL_INTERVAL)
 
-    def _dial_pass(self, udp: UdpDriver) -> None:
+    def _dial_pass(self) -> None:
         for neighbour in self.table.neighbours():
             if neighbour.said_goodbye or self.table.trust_of(neighbour.node_id) != "trusted":
                 continue
-            for peer in _udp_peers(neighbour.addresses, self.interfaces):
-                key = f"udp/{peer.interface} {_show(peer)}"
-                if key in self._links or self._has_session(neighbour.node_id, peer.interface):
+            for peer in _ip_peers(neighbour.addresses, self.ip_links):
+                name, driver = self.ip_links[peer.interface]
+                key = f"{name} {_show(peer)}"
+                if key in self._links or self._has_session(neighbour.node_id, name):
                     continue
                 try:
-                    channel = udp.channel(peer)
+                    channel = driver.channel(peer)
                 except LocalError as err:
                     log.debug("not dialling %s: %s", _show(peer), err)
                     continue
-                self._add_link(
-                    _Link(self, f"udp/{peer.interface}", channel, _show(peer), persistent=True)
-                )
+                self._add_link(_Link(self, name, channel, _show(peer), persistent=True))
 
-    def _has_session(self, node_id: str, interface: str) -> bool:
-        name = f"udp/{interface}"
+    def _has_session(self, node_id: str, name: str) -> bool:
         return any(
             link.name == name and link.status.node_id == node_id and link.endpoint is not None
             for link in self._links.values()
@@ -491,6 +518,7 @@ class Mesh:
         driver = SerialRadioDriver(dict(options))
         inner = await driver.open()
         name = f"serial_radio:{driver.config.port}"
+        self.radios.append(driver.config.port)
         channel = _BeaconChannel(inner, lambda data: self._on_beacon(name, data))
         self._add_link(_Link(self, name, channel, driver.config.port, persistent=True))
         self._spawn(self._send_beacons(inner), f"beacons-{driver.config.port}")
@@ -621,16 +649,14 @@ def _show(peer: UdpAddress) -> str:
     return f"{host}:{peer.port}%{peer.interface}" if ":" in peer.host else f"{host}:{peer.port}"
 
 
-def _udp_peers(
-    addresses: dict[str, list[tuple[str, int, str]]], interfaces: tuple[str, ...]
+def _ip_peers(
+    addresses: dict[str, list[tuple[str, int, str]]], interfaces: Mapping[str, object]
 ) -> list[UdpAddress]:
-    """One address per interface from a neighbour's UDP addresses: IPv4 first, else IPv6."""
+    """One address per interface of ours from a neighbour's addresses: IPv4 first, else IPv6."""
     chosen: dict[str, UdpAddress] = {}
-    for link, entries in addresses.items():
-        if not link.startswith("udp"):
-            continue
+    for entries in addresses.values():
         for host, port, interface in entries:
-            if interface not in interfaces or port == 0:
+            if interface not in interfaces or port == 0 or not host:
                 continue
             ip = ipaddress.ip_address(host.split("%", 1)[0])
             current = chosen.get(interface)

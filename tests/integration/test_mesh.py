@@ -213,3 +213,25 @@ def test_radio_and_udp_neighbours_share_one_table(bed: NetBed, make_agent: MakeA
         sim.terminate()
         sim.wait(timeout=10)
         shutil.rmtree(link_dir, ignore_errors=True)
+
+
+def test_wifi_link_without_a_radio_carries_sessions_over_its_udp_path(
+    bed: NetBed, make_agent: MakeAgent
+) -> None:
+    agents = []
+    for name in ("a", "b"):
+        bed.add_node(name)
+        config = Path(tempfile.mkdtemp(prefix="flwifi-")) / "agent.toml"
+        config.write_text('[[links.wifi]]\ninterface = "eth0"\n')
+        agents.append(start(make_agent, bed, name, {"FLORETE_CONFIG": str(config)}))
+    a, b = agents
+    a.wait_for("b discovered", lambda: "b" in neighbours(a))
+    trust(a, b)
+    trust(b, a)
+    wait_state(a, "b", "up")
+    assert "via wifi/eth0" in a.cli("ping", "b").stdout
+    assert [k["name"] for k in links(a) if k["state"] == "established"] == ["wifi/eth0"]
+    assert "wifi/eth0" in neighbours(a)["b"]["links"]
+    unavailable = [line for line in a.log().splitlines() if "radio not watched" in line]
+    assert unavailable  # no nl80211 radio behind a veth: said once, and the agent went on
+    assert "/sys/class/net/eth0/phy80211" in unavailable[0]
