@@ -15,7 +15,7 @@ from agent.rpc import Endpoint
 from agent.session import SessionState, open_session
 from link_drivers.stream import ArqStream
 from link_drivers.udp import UdpAddress, UdpDriver
-from tests.unit.test_session import Node, make_nodes
+from tests.sessions import Node, make_nodes
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from agent.errors import LocalProtocolError, NotFoundError
 from agent.messages import Publish
 from agent.rpc import Endpoint, RpcError, RpcTimeoutError
 from agent.session import SessionClosedError
-from tests.unit.test_session import Node, established, make_nodes
+from tests.sessions import Node, established, make_nodes
 
 
 @pytest.fixture
