@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from agent.identity import load_or_create_identity
 from tests.integration.conftest import CLI, Agent, container
 from tests.integration.test_pods import pod_manifest
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = ["run", "apply", "get", "describe", "logs", "delete", "status", "version"]
+COMMANDS = [
+    "run",
+    "apply",
+    "get",
+    "describe",
+    "logs",
+    "delete",
+    "status",
+    "version",
+    "neighbours",
+    "links",
+    "peers",
+    "ping",
+]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -79,3 +95,35 @@ def test_delete_kills_after_the_grace_period(agent: Agent) -> None:
     elapsed = time.monotonic() - started
     assert 1.0 <= elapsed < 8.0
     assert agent.descendants() == []
+
+
+def test_peers_add_list_revoke_and_bad_certificates(agent: Agent, tmp_path: Path) -> None:
+    other = load_or_create_identity(tmp_path / "other", "other")
+    pem = other.cert_path.read_text()
+    assert agent.cli("peers", "add", "-", stdin=pem).stdout == (
+        f"peer/{other.node_id} (other) trusted\n"
+    )
+    listed = json.loads(agent.cli("peers", "-o", "json").stdout)["items"]
+    assert [(p["metadata"]["name"], p["status"]["state"]) for p in listed] == [
+        (other.node_id, "trusted")
+    ]
+    assert other.node_id in agent.cli("peers", "list").stdout
+    assert "revoked" in agent.cli("peers", "revoke", other.node_id).stdout
+    assert json.loads(agent.cli("peers", "-o", "json").stdout)["items"][0]["status"]["state"] == (
+        "revoked"
+    )
+
+    garbage = agent.cli("peers", "add", "-", stdin="not a certificate", check=False)
+    assert garbage.returncode == 1
+    assert "certificate" in garbage.stderr
+    assert "Error from server" in garbage.stderr
+    missing = agent.cli("peers", "add", str(tmp_path / "nope.pem"), check=False)
+    assert missing.returncode == 1
+    assert "cannot read certificate" in missing.stderr
+    unknown = agent.cli("peers", "revoke", "AAAAAAA", check=False)
+    assert unknown.returncode == 1
+
+    exported = agent.cli("peers", "export").stdout
+    assert exported.startswith("-----BEGIN CERTIFICATE-----")
+    assert agent.cli("neighbours", check=False).stderr == "No neighbours.\n"
+    assert "no neighbour" in agent.cli("ping", "nobody", check=False).stderr
