@@ -1,20 +1,22 @@
 """``make bench``: every benchmark, each figure beside the anchor measured in the same run.
 
-``python -m bench`` runs the agent benchmarks and the link benchmarks on 32 KiB per cell (about
-10 minutes); ``python -m bench --full`` runs the links on 256 KiB, three runs per cell (about 30
-minutes on 2 cores), the figures in docs/links.md.
+``python -m bench`` runs the agent benchmarks, pod start latency per runtime (``runtimes``) and
+the link benchmarks on 32 KiB per cell; ``python -m bench --full`` runs the links on 256 KiB,
+three runs per cell (about 30 minutes on 2 cores), the figures in docs/links.md.
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import agent, arq
+from bench import agent, arq, runtimes
 
 
 def main() -> None:
-    """Run the agent benchmarks, then the link (ARQ) benchmarks."""
+    """Run the agent benchmarks, pod start per runtime, then the link (ARQ) benchmarks."""
     agent.main()
+    print()
+    runtimes.main()
     print()
     arq.main([] if "--full" in sys.argv[1:] else ["--quick"])
 

@@ -9,9 +9,10 @@ Installs nothing: CI installs ``podman uidmap fuse-overlayfs slirp4netns runc bu
   ``ENV PATH=/bin``; no registry is reachable),
 * starts ``podman system service`` on a socket in a private temp dir, stopped (and the dir
   removed) when the process exits; ``setpriv --pdeathsig`` stops it even if the test process is
-  killed. It runs under catatonit as a subreaper: the conmons it double-forks are then reaped at
-  once; on hosts whose PID 1 reaps orphans late, their zombies keep a pod's cgroup busy and make
-  pod removal retry for 3 s.
+  killed; after a case killed it (:func:`outage`) the next :func:`environment` starts it
+  again on the same socket. It runs under catatonit as a subreaper: the conmons it
+  double-forks are then reaped at once; on hosts whose PID 1 reaps orphans late, their zombies
+  keep a pod's cgroup busy and make pod removal retry for 3 s.
 
 :func:`unavailable` skips a case only when podman is not installed; any other setup failure is an
 error, so CI really runs the podman cases.
@@ -50,7 +51,7 @@ cgroup_manager = "cgroupfs"
 START_TIMEOUT = 20.0  # seconds the service may take to answer
 
 
-@dataclass(frozen=True)
+@dataclass
 class PodmanEnv:
     """The prepared environment.
 
@@ -58,7 +59,7 @@ class PodmanEnv:
         directory: private temp dir (containers.conf, socket, service log).
         containers_conf: path of the containers.conf.
         socket: the API socket of the session's service.
-        service: the service process.
+        service: the service process (replaced when :func:`environment` restarts it).
     """
 
     directory: Path
@@ -106,7 +107,9 @@ def environment() -> PodmanEnv:
             does not start.
     """
     global _env
-    if _env is not None and _env.service.poll() is None:
+    if _env is not None:
+        if _env.service.poll() is not None:  # killed by a case: again, on the same socket
+            _env.service = _start_service(_env.directory, _env.socket, _env.env())
         return _env
     directory = Path(tempfile.mkdtemp(prefix="florete-podman-"))
     conf = directory / "containers.conf"
@@ -114,10 +117,21 @@ def environment() -> PodmanEnv:
     sock = directory / "podman.sock"
     env = {**os.environ, "CONTAINERS_CONF": str(conf)}
     _build_image(env)
+    _env = PodmanEnv(directory, conf, sock, _start_service(directory, sock, env))
+    atexit.register(_teardown, _env)
+    return _env
+
+
+def _start_service(directory: Path, sock: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``podman system service`` on ``sock`` and wait until it answers.
+
+    Raises:
+        RuntimeError: it exited or did not answer within 20 s (with its output).
+    """
     log = directory / "service.log"
     reaper = ["catatonit", "--"] if shutil.which("catatonit") else []
     command = ["setpriv", "--pdeathsig", "TERM", *reaper, "podman", "system", "service"]
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         service = subprocess.Popen(
             [*command, "--time=0", f"unix://{sock}"],
             env=env,
@@ -125,14 +139,38 @@ def environment() -> PodmanEnv:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    _env = PodmanEnv(directory, conf, sock, service)
-    atexit.register(_teardown, _env)
     deadline = time.monotonic() + START_TIMEOUT
     while not ping(sock):
         if service.poll() is not None or time.monotonic() > deadline:
+            _terminate(service)
             raise RuntimeError(f"podman system service did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
-    return _env
+    return service
+
+
+@contextlib.contextmanager
+def outage() -> Iterator[None]:
+    """Kill the session's ``podman system service`` (SIGKILL, only the podman process: its
+    reaper and the containers' conmons live on) for the block; the socket then refuses
+    connections. Afterwards the service starts again on the same socket.
+
+    Raises:
+        RuntimeError: the service did not die within 10 s, or did not come back.
+    """
+    env = environment()
+    launcher = psutil.Process(env.service.pid)
+    for proc in [launcher, *launcher.children()]:
+        with contextlib.suppress(psutil.Error):
+            if proc.name() == "podman":
+                proc.kill()
+    try:
+        env.service.wait(10)  # catatonit ends with its child
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("podman system service did not die within 10 s") from None
+    try:
+        yield
+    finally:
+        environment()
 
 
 def _build_image(env: Mapping[str, str]) -> None:
@@ -181,13 +219,17 @@ def ping(sock: Path, timeout: float = 1.0) -> bool:
         return False
 
 
-def _teardown(env: PodmanEnv) -> None:
-    env.service.terminate()
+def _terminate(service: subprocess.Popen[bytes]) -> None:
+    service.terminate()
     try:
-        env.service.wait(10)
+        service.wait(10)
     except subprocess.TimeoutExpired:
-        env.service.kill()
-        env.service.wait()
+        service.kill()
+        service.wait()
+
+
+def _teardown(env: PodmanEnv) -> None:
+    _terminate(env.service)
     shutil.rmtree(env.directory, ignore_errors=True)
 
 

@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -154,21 +155,46 @@ class SystemdManager:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if self._until_answering():
+            return
+        output = self.log.read_text(errors="replace")
+        self.stop()
+        raise RuntimeError(f"systemd --user did not come up in {START_TIMEOUT}s: {output[-2000:]}")
+
+    def _until_answering(self) -> bool:
+        """Wait (at most 20 s) until systemd answers on the bus; False if it did not, or the
+        manager exited."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
+            if self._proc is None or self._proc.poll() is not None:
+                return False
             probe = subprocess.run(
                 ["busctl", "--user", "get-property", "org.freedesktop.systemd1",
                  "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "Version"],
                 env=self.env(), capture_output=True, timeout=10, check=False,
             )  # fmt: skip
             if probe.returncode == 0:
-                return
+                return True
             time.sleep(0.05)
-        output = self.log.read_text(errors="replace")
-        self.stop()
-        raise RuntimeError(f"systemd --user did not come up in {START_TIMEOUT}s: {output[-2000:]}")
+        return False
+
+    @contextlib.contextmanager
+    def bus_outage(self) -> Iterator[None]:
+        """Take the manager's D-Bus away for the block: ``dbus.socket`` and ``dbus.service``
+        stop (``systemctl`` talks over systemd's private socket), the bus socket refuses
+        connections; systemd and its units run on. Afterwards the bus is started again and
+        this returns once systemd answers on it.
+
+        Raises:
+            RuntimeError: systemd did not answer on the bus again within 20 s.
+        """
+        self.systemctl("stop", "dbus.socket", "dbus.service")
+        try:
+            yield
+        finally:
+            self.systemctl("start", "dbus.socket")
+            if not self._until_answering():
+                raise RuntimeError("systemd did not come back on its bus within 20 s")
 
     def stop(self) -> None:
         """Stop the manager (``systemctl --user exit``, SIGKILL after 15 s), remove its cgroups
@@ -254,6 +280,11 @@ def bus_address() -> str:
 def power_cut(handle: TaskHandle) -> None:
     """:meth:`SystemdManager.power_cut` on this process's manager (conformance suite hook)."""
     manager().power_cut(handle)
+
+
+def bus_outage() -> contextlib.AbstractContextManager[None]:
+    """:meth:`SystemdManager.bus_outage` on this process's manager (conformance suite hook)."""
+    return manager().bus_outage()
 
 
 def require_manager() -> SystemdManager:

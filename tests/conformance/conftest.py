@@ -7,6 +7,10 @@ is then skipped with that reason), for example::
     RuntimeUnderTest("podman", {"socket": "/run/florete-test/podman.sock"}, podman_unavailable)
     RuntimeUnderTest("systemd", {"bus": "user"}, systemd_unavailable)
 
+A runtime with a backend (a daemon it talks to) gives ``backend_outage``: a context manager that
+kills that backend for its block and brings it back afterwards; one without says why in
+``no_backend``.
+
 Workloads are POSIX ``sh`` one-liners (``echo``, ``sleep``, ``trap``, ``exit``) so they run on the
 host and in a busybox image alike. Every task a case starts through :meth:`RuntimeFactory.start`
 is destroyed with force at teardown, also when the case fails; tasks started in another process
@@ -16,6 +20,7 @@ is destroyed with force at teardown, also when the case fails; tasks started in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -56,6 +61,10 @@ class RuntimeUnderTest:
         power_cut: kills a task and everything of the runtime that watches it at once, as a
             power cut would (SIGKILL, no exit record written).
         image: the image of the specs the cases start (None: host processes).
+        backend_outage: kills the backend the runtime talks to (the daemon, or the bus to it)
+            for the block and starts it again afterwards, returning once it answers; None for
+            a runtime without one.
+        no_backend: why ``backend_outage`` is None.
     """
 
     name: str
@@ -63,6 +72,8 @@ class RuntimeUnderTest:
     options: Mapping[str, Any] = field(default_factory=dict)
     unavailable: Callable[[], str | None] = lambda: None
     image: str | None = None
+    backend_outage: Callable[[], contextlib.AbstractContextManager[None]] | None = None
+    no_backend: str = ""
 
 
 def _process_power_cut(handle: TaskHandle) -> None:
@@ -86,6 +97,7 @@ RUNTIMES = [
         "process",
         _process_power_cut,
         {"cgroup_parent": "florete-test", "log_max_bytes": 1 << 20},
+        no_backend="the process runtime's backend is the host itself: nothing can die under it",
     ),
     RuntimeUnderTest(
         "podman",
@@ -93,12 +105,14 @@ RUNTIMES = [
         podman_env.Options(),
         podman_env.unavailable,
         image=podman_env.IMAGE,
+        backend_outage=podman_env.outage,
     ),
     RuntimeUnderTest(
         "systemd",
         systemd_env.power_cut,
         {"bus": "user", "bus_address": systemd_env.bus_address(), "log_max_bytes": 1 << 20},
         systemd_env.unavailable,
+        backend_outage=systemd_env.bus_outage,
     ),
 ]
 
@@ -131,6 +145,8 @@ class RuntimeFactory:
         env: Mapping[str, str] | None = None,
         working_dir: str | None = None,
         limits: ResourceLimits | None = None,
+        run_as_user: int | None = None,
+        run_as_group: int | None = None,
     ) -> TaskSpec:
         """A TaskSpec with a fresh task id, PATH set, and its log under the case's tmp dir."""
         task_id = f"pod{uuid.uuid4().hex[:12]}-c-0"
@@ -146,6 +162,8 @@ class RuntimeFactory:
             working_dir=working_dir,
             limits=limits or ResourceLimits(),
             log_path=self.tmp_path / "logs" / f"{task_id}.log",
+            run_as_user=run_as_user,
+            run_as_group=run_as_group,
         )
 
     def track(self, handle: TaskHandle, state_dir: Path | None = None) -> None:
@@ -181,6 +199,24 @@ class RuntimeFactory:
                 if isinstance(records, AsyncGenerator):
                     await records.aclose()
         raise AssertionError(f"task {handle.task_id} ended without writing {text!r}")
+
+    @contextlib.asynccontextmanager
+    async def backend_down(self) -> AsyncIterator[None]:
+        """The runtime's backend killed for the block (:attr:`RuntimeUnderTest.backend_outage`).
+
+        Killing and reviving run in a thread: the event loop goes on meanwhile, as an agent's
+        would, and sees the backend's sockets close when they do.
+
+        Raises:
+            AssertionError: the runtime has no backend hook.
+        """
+        assert self.entry.backend_outage is not None, self.entry.no_backend
+        outage = self.entry.backend_outage()
+        await asyncio.to_thread(outage.__enter__)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(outage.__exit__, None, None, None)
 
     async def kill_everything(self, runtime: WorkloadRuntime, handle: TaskHandle) -> None:
         """Cut the power under one task (see :attr:`RuntimeUnderTest.power_cut`)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import WorkloadError
+from agent.errors import RuntimeUnavailableError, WorkloadError
 from tests.conformance.conftest import RuntimeFactory
 from wri_plugins.api import TaskHandle
 
@@ -326,3 +326,51 @@ async def test_twenty_tasks_start_concurrently(runtime_factory: RuntimeFactory) 
     for i, handle in enumerate(handles):
         texts = [r.text for r in await runtime_factory.collect(rt.logs(handle))]
         assert texts == [f"task {i}".encode()]
+
+
+async def test_workload_runs_as_run_as_user_and_group(runtime_factory: RuntimeFactory) -> None:
+    rt = runtime_factory()
+    if not rt.capabilities.fs_isolation and os.geteuid() != 0:
+        pytest.skip(f"{runtime_factory.name} switches host processes to a user only as root")
+    argv = ("sh", "-c", "id -u; id -g; id -G")
+    spec = runtime_factory.spec(argv, run_as_user=65534, run_as_group=65533)
+    handle = await runtime_factory.start(rt, spec)
+    assert (await asyncio.wait_for(rt.wait(handle), 10)).exit_code == 0
+    texts = [r.text for r in await runtime_factory.collect(rt.logs(handle))]
+    assert texts == [b"65534", b"65533", b"65533"]
+
+
+async def test_backend_that_dies_mid_run(runtime_factory: RuntimeFactory) -> None:
+    """The backend dies under a running task: the runtime turns unhealthy, calls fail with
+    RuntimeUnavailableError (no hang, no foreign exception), wait rides it out while the task
+    runs; once the backend is back, all is well and the task's exit is known."""
+    if runtime_factory.entry.backend_outage is None:
+        pytest.skip(f"{runtime_factory.name}: {runtime_factory.entry.no_backend}")
+    rt = runtime_factory()
+    script = 'trap "exit 3" TERM; echo ready; while :; do sleep 0.1; done'
+    handle = await runtime_factory.start(rt, runtime_factory.spec(("sh", "-c", script)))
+    await runtime_factory.wait_for_line(rt, handle, b"ready")
+    pid = (await rt.inspect(handle)).pid
+    assert pid is not None
+    waiting = asyncio.create_task(rt.wait(handle))
+    await asyncio.sleep(0.2)  # the wait is under way when the backend dies
+    async with runtime_factory.backend_down():
+        fp = await asyncio.wait_for(rt.fingerprint(), 15)
+        assert not fp.healthy
+        assert fp.description
+        with pytest.raises(RuntimeUnavailableError):
+            await asyncio.wait_for(rt.inspect(handle), 15)
+        with pytest.raises(RuntimeUnavailableError):
+            await asyncio.wait_for(runtime_factory.start(rt, runtime_factory.spec(READY)), 15)
+        late = asyncio.create_task(rt.wait(handle))  # and one that starts during the outage
+        await asyncio.sleep(1.5)  # the workload does not need its backend to run
+        assert not waiting.done()
+        assert not late.done()
+        os.kill(pid, signal.SIGTERM)
+        for wait in (waiting, late):
+            with pytest.raises(RuntimeUnavailableError, match="ended while"):
+                await asyncio.wait_for(wait, 15)
+    fp = await asyncio.wait_for(rt.fingerprint(), 15)
+    assert fp.healthy, fp.description
+    result = await asyncio.wait_for(rt.wait(handle), 10)
+    assert (result.exit_code, result.signal) == (3, None)

@@ -318,7 +318,8 @@ async def test_service_that_dies_mid_run(harness: Harness) -> None:
     assert fp.healthy, fp.description
     user = harness.runtime(socket=fp.attributes["socket"])
     assert (await user.fingerprint()).healthy
-    handle = await harness.start(user, harness.spec(("sh", "-c", "sleep 1; exit 3")))
+    # outlives the outage: wait rides one out only while the container's conmon runs
+    handle = await harness.start(user, harness.spec(("sh", "-c", "sleep 3; exit 3")))
     pid = json.loads((harness.state_dir / SERVICE_PID).read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
     psutil.wait_procs([psutil.Process(pid)], timeout=5)

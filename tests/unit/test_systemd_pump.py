@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from wri_plugins.systemd.execclient import run_exec
 
 RUN_PUMP = Path(logpump.__file__).with_name("run_pump.py")
 ENV = {"PATH": "/usr/bin:/bin", "FOO": "bar baz"}
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # any user can run it
 
 
 def _command(tmp_path: Path, *argv: str, exec_socket: str = "", unit: str = "") -> list[str]:
@@ -76,6 +79,37 @@ def test_exec_failure_is_reported_before_ready(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.write_text("not a program")
     assert _run(tmp_path, str(plain), "plain").returncode == 126
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_workload_switches_to_uid_and_gid(tmp_path: Path) -> None:
+    argv = ("/bin/sh", "sh", "-c", "id -u; id -g; id -G")
+    command = _command(tmp_path, *argv)
+    command[command.index("--") : command.index("--")] = ["--uid", "65534", "--gid", "65533"]
+    done = subprocess.run(command, capture_output=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert [text for _, _, text in _records(tmp_path)] == [b"65534", b"65533", b"65533"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not SYSTEM_PYTHON.exists(),
+    reason="needs root (to start the pump as another user) and /usr/bin/python3",
+)
+def test_a_refused_user_switch_fails_before_ready() -> None:
+    """An unprivileged pump cannot switch users: it says so and exits 126 before READY."""
+    work = Path(tempfile.mkdtemp(prefix="florete-pump-"))  # tmp_path is root's 0700 tree
+    try:
+        os.chown(work, 65534, 65534)
+        command = _command(work, "/bin/true", "true")
+        command[command.index("--") : command.index("--")] = ["--uid", "0"]
+        os.chown(work / "env", 65534, 65534)
+        command[0] = str(SYSTEM_PYTHON)  # the test's interpreter may be under /root
+        unprivileged = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        done = subprocess.run([*unprivileged, *command], capture_output=True, timeout=20)
+    finally:
+        shutil.rmtree(work)
+    assert done.returncode == 126
+    assert done.stderr.decode().strip() == "pump: cannot switch to uid 0: Operation not permitted"
 
 
 def test_unwritable_log_fails_the_start(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,11 @@ def _runtime(manager: systemd_env.SystemdManager, state_dir: Path) -> SystemdRun
 
 
 def _spec(
-    tmp_path: Path, argv: tuple[str, ...], task_id: str = "", limits: ResourceLimits | None = None
+    tmp_path: Path,
+    argv: tuple[str, ...],
+    task_id: str = "",
+    limits: ResourceLimits | None = None,
+    **fields: Any,
 ) -> TaskSpec:
     task_id = task_id or f"u{uuid.uuid4().hex[:12]}-c-0"
     return TaskSpec(
@@ -49,6 +54,7 @@ def _spec(
         working_dir=str(tmp_path),
         limits=limits or ResourceLimits(),
         log_path=tmp_path / "logs" / f"{uuid.uuid4().hex}.log",
+        **fields,
     )
 
 
@@ -220,3 +226,49 @@ def _wait_gone(pid: int, seconds: float) -> None:
     while os.path.exists(f"/proc/{pid}"):
         assert time.monotonic() < deadline, f"process {pid} survived its task"
         time.sleep(0.02)
+
+
+def _ps_ids(pid: int) -> tuple[int, int]:
+    out = subprocess.run(
+        ["ps", "-o", "uid=,gid=", "-p", str(pid)], capture_output=True, check=True, timeout=10
+    )
+    uid, gid = out.stdout.split()
+    return int(uid), int(gid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the test's manager runs units as root only then")
+async def test_run_as_user_for_the_workload_and_exec_the_pump_stays_root(
+    manager: systemd_env.SystemdManager, tmp_path: Path
+) -> None:
+    rt = _runtime(manager, tmp_path / "state")
+    fp = await rt.fingerprint()
+    assert (fp.attributes["manager_uid"], fp.attributes["run_as"]) == ("0", "any uid and gid")
+    ignoring = 'trap "" TERM; echo ready; while :; do sleep 0.05; done'
+    handle = await rt.start(
+        _spec(tmp_path, ("sh", "-c", ignoring), run_as_user=65534, run_as_group=65533)
+    )
+    try:
+        await _ready(rt, handle)
+        workload = (await rt.inspect(handle)).pid
+        assert workload is not None
+        assert await asyncio.to_thread(_ps_ids, workload) == (65534, 65533)
+        assert await asyncio.to_thread(_ps_ids, handle.state["pump_pid"]) == (0, 0)
+        done = await asyncio.wait_for(rt.exec(handle, ("sh", "-c", "id -u; id -G")), 10)
+        assert (done.exit_code, done.output) == (0, b"65534\n65533\n")
+        began = time.monotonic()
+        await asyncio.wait_for(rt.stop(handle, grace=0.5), 10)  # TERM ignored: KILL after 0.5 s
+        assert time.monotonic() - began >= 0.5
+        assert (await rt.wait(handle)).signal == signal.SIGKILL
+    finally:
+        await rt.destroy(handle, force=True)
+    trapping = 'trap "echo bye; exit 0" TERM; echo ready; while :; do sleep 0.05; done'
+    handle = await rt.start(_spec(tmp_path, ("sh", "-c", trapping), run_as_user=65534))
+    try:
+        await _ready(rt, handle)
+        await asyncio.wait_for(rt.stop(handle, grace=5), 10)  # the root pump forwards SIGTERM
+        assert (await rt.wait(handle)).exit_code == 0
+        texts = [r.text for r in await _collect(rt, handle)]
+        assert texts[0] == b"ready"
+        assert b"bye" in texts  # the group got it: sh may also report its `sleep` as Terminated
+    finally:
+        await rt.destroy(handle, force=True)

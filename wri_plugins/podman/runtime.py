@@ -31,6 +31,10 @@ No restarts by podman  ``restart_policy: no``: restarts are the agent's, so a co
 Lost = conmon gone     A container podman calls running whose conmon died (host crash, kill -9)
                        has no exit record: ``recover`` says False, ``wait`` reports 137. This
                        needs the agent in podman's PID namespace (it shares its socket anyway).
+API outage             Containers run on without the API (conmon watches each): ``wait`` keeps
+                       waiting while the container's conmon runs and raises
+                       ``RuntimeUnavailableError`` once it does not (ended meanwhile); every
+                       other call, and the fingerprint's health, fail at once.
 OOM from two sources   podman's ``OOMKilled``, or, when it says no, the kernel log (see ``oom``).
 Images                 imagePullPolicy as the kubelet: Never uses the local image only
                        (``ErrImageNeverPull:``), IfNotPresent pulls when missing, Always pulls
@@ -105,6 +109,24 @@ def _conmon_alive(pid: int | None) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE and proc.name() == "conmon"
     except psutil.Error:
         return False
+
+
+def conmon_watching(ref: str, pid: int | None) -> bool:
+    """Whether a conmon still watches container ``ref``, without asking podman.
+
+    Blocking (may read every process's command line); run it in a thread.
+
+    Args:
+        ref: the container's id or name (conmon has both on its command line, ``-c``/``-n``).
+        pid: the conmon's pid as podman last reported it, or None when unknown.
+    """
+    if pid is not None:
+        return _conmon_alive(pid)
+    for proc in psutil.process_iter(["name", "cmdline", "status"]):
+        if proc.info["name"] == "conmon" and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            if ref in (proc.info["cmdline"] or []):
+                return True
+    return False
 
 
 def phase(info: ContainerInfo) -> Phase:
@@ -333,15 +355,20 @@ class PodmanRuntime(WorkloadRuntime):
         """Wait for the container's end with libpod's wait endpoint and return its exit record.
 
         The container does not need the API to run: while the API does not answer, this keeps
-        trying every :data:`API_RETRY` seconds (a warning first, then quietly).
+        waiting as long as the container's conmon runs, looking again every :data:`API_RETRY`
+        seconds (a warning first, then quietly).
 
         Raises:
             WorkloadError: the container does not exist.
+            RuntimeUnavailableError: the API does not answer and no conmon watches the
+                container any more: it ended, and its exit record is readable only once the
+                API answers again.
         """
         ref = self._ref(handle)
         path = f"/containers/{quote_name(ref)}/wait"
         query = [("condition", "exited"), ("condition", "stopped"), ("interval", WAIT_INTERVAL)]
         outage = False
+        conmon: int | None = None  # as podman last reported it
         while True:
             try:
                 info, now = await self._current(handle)
@@ -349,6 +376,7 @@ class PodmanRuntime(WorkloadRuntime):
                     raise WorkloadError(f"task {handle.task_id}: no container {ref}")
                 if now != "running":
                     return await self._exit(handle, info, now)
+                conmon = info.conmon_pid
                 async with asyncio.timeout(WAIT_SLICE):
                     await self._service.call("POST", path, query=query, long_poll=True)
             except TimeoutError:
@@ -357,8 +385,13 @@ class PodmanRuntime(WorkloadRuntime):
                 _log.debug("task %s: wait: %s", handle.task_id, err)
                 await asyncio.sleep(0.2)
             except RuntimeUnavailableError as err:
+                if not await asyncio.to_thread(conmon_watching, ref, conmon):
+                    raise RuntimeUnavailableError(
+                        f"task {handle.task_id} ended while the podman API was unreachable "
+                        f"({err}); its exit record is readable once the API answers again"
+                    ) from err
                 level = logging.DEBUG if outage else logging.WARNING
-                _log.log(level, "task %s: waiting for the podman API: %s", handle.task_id, err)
+                _log.log(level, "task %s runs on; podman API unreachable: %s", handle.task_id, err)
                 outage = True
                 await asyncio.sleep(API_RETRY)
 

@@ -164,6 +164,10 @@ class Connection:
         from dbus_fast import Message, MessageFlag, MessageType
         from dbus_fast.errors import DBusFastError
 
+        if not self.connected:
+            # dbus-fast would still write to the dead socket and leave the error of that write
+            # in a future nobody reads (asyncio logs "Future exception was never retrieved")
+            raise RuntimeUnavailableError(f"lost the D-Bus connection to systemd at {self.address}")
         message = Message(
             destination=destination,
             path=path,
@@ -199,6 +203,31 @@ class Connection:
         """
         (values,) = await self.call("GetAll", "s", [interface], path=path, interface=PROPERTIES)
         return {name: variant.value for name, variant in values.items()}
+
+    async def manager_credentials(self) -> tuple[int, int | None]:
+        """The user and process of systemd on this bus, from the bus daemon's
+        ``GetConnectionCredentials`` of ``org.freedesktop.systemd1`` (D-Bus specification,
+        "Message Bus Messages").
+
+        Returns:
+            ``(uid, pid)`` of the manager; pid None when the bus does not say.
+
+        Raises:
+            RuntimeUnavailableError: systemd is not on the bus, or the bus is gone.
+            WorkloadError: the bus answered without a ``UnixUserID``.
+        """
+        (creds,) = await self.call(
+            "GetConnectionCredentials",
+            "s",
+            [SYSTEMD],
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            destination="org.freedesktop.DBus",
+        )
+        if "UnixUserID" not in creds:
+            raise WorkloadError("the bus does not tell which user runs systemd")
+        pid = creds.get("ProcessID")
+        return int(creds["UnixUserID"].value), int(pid.value) if pid is not None else None
 
     async def start_transient(self, name: str, properties: Sequence[Property]) -> str:
         """``StartTransientUnit(name, "fail", properties, [])``; returns the job's object path.

@@ -8,10 +8,10 @@ the task. The protocol, on an abstract ``SOCK_SEQPACKET`` socket named by the ru
 1. the client connects; the pump accepts only its own uid or root (``SO_PEERCRED``);
 2. the client sends one packet: the argv, NUL-separated, with one descriptor attached
    (``SCM_RIGHTS``): the write end of the pipe that gets the command's stdout and stderr;
-3. the pump forks the command (own process group, default signals, ``execvpe`` with the task's
-   ``PATH``: 127 when not found, 126 when not executable, with a message on that pipe) and,
-   when it ends, sends one packet: the exit code as ASCII digits (128 + N when killed by
-   signal N), then closes the connection;
+3. the pump forks the command (own process group, default signals, the workload's uid and gid,
+   ``execvpe`` with the task's ``PATH``: 127 when not found, 126 when not executable, with a
+   message on that pipe) and, when it ends, sends one packet: the exit code as ASCII digits
+   (128 + N when killed by signal N), then closes the connection;
 4. a client that closes the connection first (cancelled, timed out) gets its command's process
    group killed with SIGKILL.
 
@@ -50,20 +50,44 @@ def encode_request(argv: list[str] | tuple[str, ...]) -> bytes:
     return data
 
 
+def _execvpe(argv: list[str], env: dict[bytes, bytes]) -> None:
+    """``execve`` of ``argv[0]`` searched in the task's ``PATH`` (default ``/usr/bin:/bin``)
+    as execvp(3) does: the first candidate that runs wins; when none does, the first error
+    other than "not found" is raised (else "not found").
+
+    Not ``os.execvpe``: it imports ``warnings``, which a child that switched to an
+    unprivileged user may not be allowed to read (an interpreter under ``/root``).
+
+    Raises:
+        OSError: nothing could be run (``ENOENT`` when nothing was found).
+    """
+    name = os.fsencode(argv[0])
+    if b"/" in name:
+        os.execve(name, argv, env)
+    missing = (errno_module.ENOENT, errno_module.ENOTDIR)
+    failure: OSError | None = None
+    for directory in env.get(b"PATH", b"/usr/bin:/bin").split(b":"):
+        try:
+            os.execve(os.path.join(directory or b".", name), argv, env)
+        except OSError as err:
+            if failure is None or (failure.errno in missing and err.errno not in missing):
+                failure = err
+    raise failure or OSError(errno_module.ENOENT, os.strerror(errno_module.ENOENT))
+
+
 class ExecServer:
     """The pump's side: accepts requests, runs commands, reports their exit codes.
 
     Args:
         name: the abstract socket name (without the leading NUL).
         env: the task's environment for the commands.
-        reset_signals: called in each command's child before ``execvpe``.
+        setup: called in each command's child before ``execvpe`` (resets signals, switches to
+            the workload's user); an ``OSError`` from it fails the command with 126.
     """
 
-    def __init__(
-        self, name: str, env: dict[bytes, bytes], reset_signals: Callable[[], None]
-    ) -> None:
+    def __init__(self, name: str, env: dict[bytes, bytes], setup: Callable[[], None]) -> None:
         self.env = env
-        self._reset = reset_signals
+        self._setup = setup
         self.listener: _socket.socket | None = _socket.socket(
             _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK
         )
@@ -156,8 +180,8 @@ class ExecServer:
                 os.setpgid(0, 0)
                 os.dup2(out, 1)
                 os.dup2(out, 2)
-                self._reset()
-                os.execvpe(argv[0], argv, self.env)
+                self._setup()
+                _execvpe(argv, self.env)
             except OSError as err:
                 code = 127 if err.errno == errno_module.ENOENT else 126
                 try:

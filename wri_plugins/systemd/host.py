@@ -17,6 +17,7 @@ For that last case :func:`usage` reads the unit's processes from its cgroup (the
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,39 @@ def process_start_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+def real_gid(pid: int) -> int | None:
+    """The real group id of process ``pid``, or None if it is gone or not visible."""
+    try:
+        return int(psutil.Process(pid).gids().real)
+    except psutil.Error:
+        return None
+
+
+def pump_running(unit: str, pid: int, start_time: float | None) -> bool:
+    """Whether the log pump of ``unit`` still runs, without asking systemd.
+
+    Blocking (may read every process's command line); run it in a thread.
+
+    Args:
+        unit: the task's unit name (the pump has ``--unit <unit>`` on its command line).
+        pid: the pump's pid from the handle, or 0 when unknown.
+        start_time: its psutil creation time, or None when unknown.
+
+    Returns:
+        True when ``pid`` is still that process, or (pid unknown) some process is a pump with
+        ``--unit <unit>``.
+    """
+    if pid:
+        return alive(pid, start_time)
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if any(pair == ("--unit", unit) for pair in itertools.pairwise(cmdline)):
+            return True
+    return False
 
 
 def alive(pid: int, start_time: float | None) -> bool:

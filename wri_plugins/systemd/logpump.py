@@ -9,17 +9,21 @@ runs ``python -I -S run_pump.py ARGS -- EXECUTABLE ARGV...``, which:
    (NUL-separated ``KEY=VALUE``: the workload gets exactly the task's environment, untouched by
    Python's locale coercion and without systemd's ``NOTIFY_SOCKET``);
 2. forks the workload with its stdout and stderr on pipes, in its own process group, with default
-   signal dispositions; a close-on-exec pipe tells whether ``execve`` worked;
+   signal dispositions, as ``--uid`` / ``--gid`` when given (the child switches after the fork,
+   the gid also its only supplementary group, as the process runtime's shim does; the pump
+   keeps the manager's user, root, so it can write the agent's log files); a close-on-exec
+   pipe tells whether the switch and ``execve`` worked;
 3. on success sends ``READY=1`` and ``STATUS=workload pid N`` to systemd (sd_notify(3); the unit
    is ``Type=notify``), so the start job succeeds only once the workload runs. On failure it
    writes the reason to its stderr (the unit's ``StandardError=append:`` file) and exits 127
-   (not found) or 126 before ``READY``: the start job fails;
+   (not found) or 126 (not executable, or the user switch was refused) before ``READY``: the
+   start job fails;
 4. forwards :data:`FORWARDED` signals to the workload's process group (``KillUnit`` with
    ``who=main`` reaches the pump), timestamps each line of output as it reads it, runs exec
-   requests (``--exec-socket``, see ``execserver``), and when the workload ends kills what is
-   left of its process group and of the unit's cgroup (``--unit``: only when the pump's cgroup
-   is that unit's; container semantics), reads what is still in the pipes (at most
-   :data:`DRAIN_SECONDS`) and
+   requests (``--exec-socket``, see ``execserver``; as the workload's user), and when the
+   workload ends kills what is left of its process group and of the unit's cgroup (``--unit``:
+   only when the pump's cgroup is that unit's; container semantics), reads what is still in
+   the pipes (at most :data:`DRAIN_SECONDS`) and
 5. ends with the workload's status: the same exit code, or the same signal (re-raised on
    itself with core dumps off), so the unit's ``ExecMainCode`` / ``ExecMainStatus`` are the
    workload's and survive an agent restart.
@@ -58,7 +62,7 @@ else:
 
 USAGE = (
     "usage: run_pump.py --log FILE --log-max-bytes N --log-max-files N --env-file FILE "
-    "[--unit NAME] [--exec-socket NAME] -- EXECUTABLE ARGV0 [ARG]...\n"
+    "[--unit NAME] [--exec-socket NAME] [--uid UID] [--gid GID] -- EXECUTABLE ARGV0 [ARG]...\n"
 )
 #: Seconds to keep reading output after the workload ended and its leftovers were killed.
 DRAIN_SECONDS = 2.0
@@ -177,24 +181,45 @@ def _reset_signals() -> None:
     sig.pthread_sigmask(sig.SIG_SETMASK, [])
 
 
-def _start(executable: str, argv: list[str], env: dict[bytes, bytes]) -> tuple[int, int, list[int]]:
-    """Fork the workload. Returns ``(pid, errno of a failed execve or 0, [stdout, stderr])``."""
+def _switch_user(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` (-1: keep), the gid also the only supplementary group."""
+    if gid >= 0 or uid >= 0:
+        os.setgroups([gid if gid >= 0 else os.getgid()])
+    if gid >= 0:
+        os.setgid(gid)
+    if uid >= 0:
+        os.setuid(uid)
+
+
+def _start(
+    executable: str, argv: list[str], env: dict[bytes, bytes], uid: int, gid: int
+) -> tuple[int, bytes, int, list[int]]:
+    """Fork the workload as ``uid``/``gid`` (-1: the pump's).
+
+    Returns:
+        ``(pid, stage, errno, [stdout, stderr])``: ``stage`` is ``b""`` when it exec'd, else
+        ``b"setup"`` (process group, descriptors), ``b"user"`` (the switch) or ``b"exec"``,
+        with the errno of the failed call.
+    """
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     status_r, status_w = os.pipe()  # close-on-exec: EOF means execve worked
     pid = os.fork()
     if pid == 0:
-        code = 126
+        code, stage = 126, b"setup"
         try:
             os.setpgid(0, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             _reset_signals()
+            stage = b"user"
+            _switch_user(uid, gid)
+            stage = b"exec"
             os.execve(executable, argv, env)
         except OSError as err:
-            code = 127 if err.errno == errno_module.ENOENT else 126
+            code = 127 if stage == b"exec" and err.errno == errno_module.ENOENT else 126
             try:
-                os.write(status_w, b"%d" % (err.errno or 0))
+                os.write(status_w, b"%s %d" % (stage, err.errno or 0))
             except OSError:
                 pass
         finally:
@@ -215,7 +240,8 @@ def _start(executable: str, argv: list[str], env: dict[bytes, bytes]) -> tuple[i
             break
         report += chunk
     os.close(status_r)
-    return pid, int(report) if report else 0, [out_r, err_r]
+    stage, _, errno = report.partition(b" ")
+    return pid, stage, int(errno or 0), [out_r, err_r]
 
 
 def _reap(pid: int, execs: execserver.ExecServer | None) -> int | None:
@@ -348,14 +374,27 @@ def run(opts: dict[str, str], argv: list[str]) -> int:
     os.set_blocking(wake_w, False)
     sig.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     sig.signal(sig.SIGCHLD, lambda _s, _f: None)
-    pid, failure, fds = _start(executable, argv, env)
-    if failure:
-        sys.stderr.write(f"pump: cannot execute {executable}: {os.strerror(failure)}\n")
+    uid, gid = int(opts.get("--uid", "-1")), int(opts.get("--gid", "-1"))
+    pid, stage, failure, fds = _start(executable, argv, env, uid, gid)
+    if stage:
+        if stage == b"user":
+            ids = [f"{kind} {value}" for kind, value in (("uid", uid), ("gid", gid)) if value >= 0]
+            what = "switch to " + " ".join(ids)
+        elif stage == b"exec":
+            what = f"execute {executable}"
+        else:
+            what = "set up the workload's process"
+        sys.stderr.write(f"pump: cannot {what}: {os.strerror(failure)}\n")
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    def setup_command() -> None:
+        _reset_signals()
+        _switch_user(uid, gid)
+
     execs = None
     if opts.get("--exec-socket"):
         try:
-            execs = execserver.ExecServer(opts["--exec-socket"], env, _reset_signals)
+            execs = execserver.ExecServer(opts["--exec-socket"], env, setup_command)
         except OSError as err:
             sys.stderr.write(f"pump: no exec into this task: {err}\n")
 

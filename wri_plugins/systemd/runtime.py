@@ -17,6 +17,16 @@ its exit status with it.
 ``exec`` runs the command as a child of the pump (``execserver``): inside the unit's cgroup,
 with the task's environment and working dir. Each task also has a small directory in the state
 dir (``tasks``). D-Bus connections live only while an operation runs (``bus``).
+
+``run_as_user`` / ``run_as_group``: the pump (root under a root manager) switches the workload,
+and exec commands, to them before exec; a user manager of another user refuses them
+(``tasks.user_args``). Not ``User=`` on the unit: the pump must stay able to write the agent's
+log files, and systemd refuses a numeric ``User=`` with no passwd entry (status 217/USER),
+which Kubernetes' runAsUser allows.
+
+A task does not need systemd or the bus to run: while they cannot be reached, :meth:`wait`
+keeps waiting as long as the task's pump runs, and every other call raises
+``RuntimeUnavailableError`` at once.
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ MiB = 1024 * 1024
 RUN_PUMP = Path(__file__).with_name("run_pump.py")
 EXEC_OUTPUT_LIMIT = 10 * 1024  # bytes of exec output kept (the kubelet's probe limit)
 START_TIMEOUT = 70.0  # seconds start() waits for the unit (systemd gives the pump 60 s)
+OUTAGE_POLL = 1.0  # seconds between looks at the pump and the bus while systemd is unreachable
 #: Oldest systemd with every unit property the runtime sets (``OOMPolicy=`` came in 243,
 #: ``StandardOutput=append:`` in 240).
 MIN_SYSTEMD = 243
@@ -147,7 +158,9 @@ class SystemdRuntime(WorkloadRuntime):
         Returns:
             Healthy when the manager answers on the bus. Attributes ``version`` (systemd's
             ``Version``), ``arch`` (Go-style), ``limits`` / ``limits_enforced`` (see
-            ``host.limits_support``), ``bus`` (the address) and ``manager`` (system or user).
+            ``host.limits_support``), ``bus`` (the address), ``manager`` (system or user),
+            ``manager_uid`` and ``run_as`` (``"any uid and gid"`` under a root manager, else
+            the only uid the units can run as).
         """
         uname = os.uname()
         attrs = {"arch": _ARCH.get(uname.machine, uname.machine), "bus": self._address}
@@ -158,9 +171,16 @@ class SystemdRuntime(WorkloadRuntime):
         try:
             async with self._bus.session() as conn:
                 props = await conn.properties(MANAGER_PATH, "org.freedesktop.systemd1.Manager")
+                manager_uid, _ = await conn.manager_credentials()
         except (RuntimeUnavailableError, WorkloadError) as err:
             why = f"no systemd {where}: {err}"
             return Fingerprint(False, why, {**attrs, "limits": why, "limits_enforced": "false"})
+        attrs["manager_uid"] = str(manager_uid)
+        attrs["run_as"] = (
+            "any uid and gid"
+            if manager_uid == 0
+            else f"uid {manager_uid} only (a user manager cannot switch users)"
+        )
         version = str(props.get("Version", "")) or "unknown"
         enforced, limits = host.limits_support(self._kind, str(props.get("ControlGroup", "")))
         attrs.update(version=version, limits=limits, limits_enforced=str(enforced).lower())
@@ -178,14 +198,18 @@ class SystemdRuntime(WorkloadRuntime):
 
         Raises:
             WorkloadError: empty argv, an image was given, bad task id, missing working dir,
-                executable not found, task or unit already exists, or systemd or the pump
-                failed (the message says why).
+                executable not found, task or unit already exists, ``run_as_user`` /
+                ``run_as_group`` the manager cannot switch to (see ``tasks.user_args``), or
+                systemd or the pump failed (the message says why).
             RuntimeUnavailableError: the bus or systemd is not reachable.
         """
         try:
             name = unit_name(spec.task_id)
         except ValueError as err:
             raise WorkloadError(f"bad task id: {err}") from err
+        user: tuple[str, ...] = ()
+        if spec.run_as_user is not None or spec.run_as_group is not None:
+            user = await self._user_args(spec)
         prep = await asyncio.to_thread(tasks.prepare, spec, self._tasks_dir, name)
         pump = [
             self._python, "-I", "-S", str(RUN_PUMP),
@@ -195,6 +219,7 @@ class SystemdRuntime(WorkloadRuntime):
             "--log-max-files", str(self._log_max_files),
             "--env-file", str(prep.task_dir / tasks.ENV_FILE),
             "--exec-socket", exec_socket_name(str(prep.task_dir)),
+            *user,
             "--", prep.executable, *spec.argv,
         ]  # fmt: skip
         props = unit_properties(
@@ -244,6 +269,15 @@ class SystemdRuntime(WorkloadRuntime):
             },
         )
 
+    async def _user_args(self, spec: TaskSpec) -> tuple[str, ...]:
+        """The pump's user arguments, after asking the bus which user runs systemd."""
+        async with self._bus.session() as conn:
+            manager_uid, manager_pid = await conn.manager_credentials()
+        gid = None
+        if manager_uid != 0 and manager_pid is not None:
+            gid = await asyncio.to_thread(host.real_gid, manager_pid)
+        return tasks.user_args(spec, manager_uid, gid)
+
     async def _discard(self, name: str, task_dir: Path, unit_sent: bool) -> None:
         """Undo a failed or cancelled start: the unit (if we may have made it) and the task dir."""
         if unit_sent:
@@ -281,17 +315,37 @@ class SystemdRuntime(WorkloadRuntime):
         """Wait for the unit's main process to end (``PropertiesChanged`` signals, with a 5 s
         poll as safety net) and return its exit result (see ``units.exit_result``).
 
-        A unit that is gone without a recorded end reports ``LOST_EXIT_CODE`` (137).
+        A unit that is gone without a recorded end reports ``LOST_EXIT_CODE`` (137). While the
+        bus or systemd cannot be reached, it keeps waiting as long as the task's pump runs (the
+        workload needs neither), looking again every :data:`OUTAGE_POLL` seconds.
 
         Raises:
             WorkloadError: the handle is not this runtime's.
-            RuntimeUnavailableError: the bus or systemd is gone.
+            RuntimeUnavailableError: the bus or systemd is unreachable and the pump has ended
+                (or cannot be found): the task ended, and its exit status is known only once
+                systemd answers again.
         """
-        path = unit_path(self._unit(handle))
-        async with self._bus.session() as conn, conn.watch(path) as watch:
-            state = await control.until_ended(conn, path, watch, None)
-        assert state is not None
-        return state.exit or self._lost(handle)
+        name = self._unit(handle)
+        path = unit_path(name)
+        outage = False
+        while True:
+            try:
+                async with self._bus.session() as conn, conn.watch(path) as watch:
+                    state = await control.until_ended(conn, path, watch, None)
+                assert state is not None
+                return state.exit or self._lost(handle)
+            except RuntimeUnavailableError as err:
+                pid = int(handle.state.get("pump_pid") or 0)
+                since = handle.state.get("pump_start_time")
+                if not await asyncio.to_thread(host.pump_running, name, pid, since):
+                    raise RuntimeUnavailableError(
+                        f"task {handle.task_id} ended while systemd was unreachable ({err}); "
+                        "its exit status is known once systemd answers again"
+                    ) from err
+                level = logging.DEBUG if outage else logging.WARNING
+                _log.log(level, "task %s runs on; systemd is unreachable: %s", handle.task_id, err)
+                outage = True
+            await asyncio.sleep(OUTAGE_POLL)
 
     async def stop(
         self, handle: TaskHandle, grace: float, signal: int = signal_module.SIGTERM

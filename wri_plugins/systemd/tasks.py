@@ -83,6 +83,44 @@ def prepare(spec: TaskSpec, tasks_dir: Path, unit: str) -> Prepared:
     return Prepared(task_dir, cwd, executable)
 
 
+def user_args(spec: TaskSpec, manager_uid: int, manager_gid: int | None) -> tuple[str, ...]:
+    """The pump's ``--uid``/``--gid`` for ``spec.run_as_user``/``spec.run_as_group``.
+
+    A unit runs as its manager's user: the system manager and a root user manager are root,
+    and their pump switches the workload to any uid and gid before exec. A user manager of
+    another user cannot switch users (setuid(2) needs ``CAP_SETUID``): it accepts only its own
+    uid and gid, which need no switch.
+
+    Args:
+        spec: the task.
+        manager_uid: the uid systemd runs as (``bus.Connection.manager_credentials``).
+        manager_gid: its real gid, or None when unknown.
+
+    Returns:
+        ``("--uid", "N", "--gid", "G")``, either pair left out when not asked for (or when no
+        switch is needed).
+
+    Raises:
+        WorkloadError: the manager is not root and another uid or gid is asked for.
+    """
+    uid, gid = spec.run_as_user, spec.run_as_group
+    if manager_uid != 0:
+        if (uid is not None and uid != manager_uid) or (gid is not None and gid != manager_gid):
+            own = f"uid {manager_uid}" + (f" gid {manager_gid}" if manager_gid is not None else "")
+            raise WorkloadError(
+                f"runAsUser {uid} / runAsGroup {gid}: the systemd user manager runs units as "
+                f"{own} and cannot switch users; run the agent as root with "
+                'runtimes.systemd.bus = "system", or leave runAsUser/runAsGroup out'
+            )
+        return ()
+    args: tuple[str, ...] = ()
+    if uid is not None:
+        args += ("--uid", str(uid))
+    if gid is not None:
+        args += ("--gid", str(gid))
+    return args
+
+
 def read_record(task_dir: Path) -> dict[str, Any]:
     """The ``task.json`` of a task. Blocking.
 
