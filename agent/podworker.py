@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.backoff import CrashLoopBackOff
-from agent.errors import FloreteError, WorkloadError
+from agent.errors import FloreteError
 from agent.podspec import Container, Pod, Probe
 from agent.podstatus import (
     WAITING_CREATING,
@@ -218,7 +218,7 @@ class PodWorker:
                     await self._back_off(c, status, delay, image_error)
                 try:
                     handle = await self._start(c, status, attempt)
-                except WorkloadError as err:
+                except FloreteError as err:  # a bad spec, a missing image, a backend down
                     clog.warning("start failed: %s", err)
                     image_error = _image_reason(err)
                     reason = image_error or "RunContainerError"
@@ -492,7 +492,7 @@ def _succeeded(status: ContainerStatus) -> bool:
     return status.state.kind == "terminated" and status.state.exit_code == 0
 
 
-def _image_reason(err: WorkloadError) -> str | None:
+def _image_reason(err: FloreteError) -> str | None:
     """``ErrImagePull`` or ``ErrImageNeverPull`` when ``err`` says so by its prefix, else None."""
     prefix = str(err).partition(":")[0]
     return prefix if prefix in (ERR_IMAGE_PULL, ERR_IMAGE_NEVER_PULL) else None

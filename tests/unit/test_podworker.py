@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.errors import WorkloadError
+from agent.errors import RuntimeUnavailableError, WorkloadError
 from agent.manifest import parse_pod, pod_to_manifest
 from agent.podworker import BackoffSettings, PodWorker
 from agent.store import Store
@@ -159,3 +159,37 @@ async def test_image_errors_wait_with_the_kubelets_reasons(
     reasons = [e.reason for e in rig.store.events("default", "w")]
     assert "Failed" in reasons
     assert ("BackOff" in reasons) == (first == "ErrImagePull")
+
+
+class _BackendDown(ProcessRuntime):
+    """A runtime whose backend is unreachable for its first two starts."""
+
+    def __init__(self, context: RuntimeContext) -> None:
+        super().__init__(context)
+        self.starts = 0
+
+    async def start(self, spec: TaskSpec) -> TaskHandle:
+        self.starts += 1
+        if self.starts <= 2:
+            raise RuntimeUnavailableError("process: backend unreachable (test)")
+        return await super().start(spec)
+
+
+async def test_backend_down_at_start_backs_off_and_recovers(rig: Rig, tmp_path: Path) -> None:
+    runtime = _BackendDown(RuntimeContext(tmp_path / "rt", "node", {}))
+    stored = rig.store.get_pod("default", "w")
+    worker = PodWorker(
+        stored, rig.pod, runtime, rig.store, rig.ctx, BackoffSettings(0.1, 0.2, 60.0)
+    )
+    rig.runtime = runtime
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_running(worker)
+        assert runtime.starts == 3
+        failed = [e for e in rig.store.events("default", "w") if e.reason == "Failed"]
+        assert [(e.message, e.count) for e in failed] == [
+            ("Error: process: backend unreachable (test)", 2)
+        ]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
