@@ -4,20 +4,23 @@ Data path per link (ARCHITECTURE.md §4)::
 
     DatagramChannel (udp, serial_radio, wifi) ─► ArqStream ─► SecureSession (TLS 1.3) ─► Endpoint
 
-* **Which links.** UDP: every trusted neighbour that discovery placed on one of our interfaces
-  is dialled (IPv4 preferred, else IPv6 link-local; one link per interface), and any peer that
-  sends first is accepted. Serial radios (``[[links.serial_radios]]``) are point-to-point: one
-  link per radio, dialled for ever, with beacons for discovery. A link to an untrusted peer
-  ends after the preamble: it sees nothing but pairing messages, and no pairing handler is
-  installed yet.
+* **Which links.** UDP and Wi-Fi (``udp/eth0``, ``wifi/wlan0``: interfaces named by
+  ``[[links.wifi]]`` get the Wi-Fi driver): every trusted neighbour that discovery placed on one
+  of our interfaces is dialled (IPv4 preferred, else IPv6 link-local; one link per interface),
+  and any peer that sends first is accepted. Serial radios (``[[links.serial_radios]]``) are
+  point-to-point: one link per radio, dialled for ever, with beacons for discovery (a new
+  neighbour heard triggers a fast start of our own beacons). A session with an untrusted peer
+  stays open carrying only pairing messages; it closes when the peer becomes trusted, so a
+  fresh one authenticates.
 * **Liveness** comes from ARQ keepalives (``links.keepalive``, ``links.dead_interval``): a silent
   peer's link goes down after ``dead_interval`` seconds; a Goodbye marks the node down at once.
   A link down for longer than :data:`RETIRE_AFTER` is closed; discovery dials again when the node
   reappears. The TLS session survives a link that goes down and comes back.
 * **Routing.** :meth:`Mesh.request` and :meth:`Mesh.publish` use, per neighbour, the established
   link that is up with the lowest cost (then RTT); when it goes down the next one takes over.
-* **Sessions that break** (the peer restarted: ARQ reset; a protocol error) are opened again
-  on the same channel after a backoff of 1 s doubling to 30 s.
+* **Sessions that break** are opened again on the same link: at once after a peer restart
+  (the ARQ reset is the session boundary), else on a new ARQ session after a backoff of 1 s
+  doubling to 30 s (see :meth:`_Link.run`).
 """
 
 from __future__ import annotations
@@ -369,6 +372,7 @@ class Mesh:
         self.ip_links: dict[str, tuple[str, IpDriver]] = {}
         """Interface -> (link name, driver) of the IP links: ``udp/eth0``, ``wifi/wlan0``."""
         self._links: dict[str, _Link] = {}
+        self._beacons: dict[str, tuple[BeaconScheduler, asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._unlisten = trust.add_listener(self._on_trust_change)
@@ -521,7 +525,7 @@ class Mesh:
         self.radios.append(driver.config.port)
         channel = _BeaconChannel(inner, lambda data: self._on_beacon(name, data))
         self._add_link(_Link(self, name, channel, driver.config.port, persistent=True))
-        self._spawn(self._send_beacons(inner), f"beacons-{driver.config.port}")
+        self._spawn(self._send_beacons(name, inner), f"beacons-{driver.config.port}")
 
     def _on_beacon(self, link: str, datagram: bytes) -> None:
         try:
@@ -529,25 +533,43 @@ class Mesh:
         except FloreteError as err:
             log.debug("%s: beacon rejected: %s", link, err)
             return
-        if beacon.node_id != self.identity.node_id:
-            self.table.observe(
-                beacon.node_id,
-                name=beacon.name,
-                fingerprint=beacon.fingerprint,
-                link=link,
-                source="beacon",
-                addresses=[("", 0, link.partition(":")[2])],
-                version=beacon.version,
-            )
+        if beacon.node_id == self.identity.node_id:
+            return
+        known = self.table.get(beacon.node_id)
+        if known is None or link not in known.links:
+            self._fast_start(link)  # a new neighbour learns of this node at once
+        self.table.observe(
+            beacon.node_id,
+            name=beacon.name,
+            fingerprint=beacon.fingerprint,
+            link=link,
+            source="beacon",
+            addresses=[("", 0, link.partition(":")[2])],
+            version=beacon.version,
+        )
 
-    async def _send_beacons(self, channel: DatagramChannel) -> None:
+    def _fast_start(self, link: str) -> None:
+        entry = self._beacons.get(link)
+        if entry is not None:
+            scheduler, wake = entry
+            scheduler.fast_start(asyncio.get_running_loop().time())
+            wake.set()
+
+    async def _send_beacons(self, link: str, channel: DatagramChannel) -> None:
         loop = asyncio.get_running_loop()
         beacon = encode_beacon(
             Beacon(self.identity.node_id, self.identity.name, self.identity.fingerprint)
         )
         scheduler = BeaconScheduler(channel.info, beacon_size=len(beacon))
+        wake = asyncio.Event()
+        self._beacons[link] = (scheduler, wake)
         while True:
-            await asyncio.sleep(max(0.0, scheduler.next_due(loop.time()) - loop.time()))
+            wake.clear()
+            delay = max(0.0, scheduler.next_due(loop.time()) - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await wake.wait()
+                continue  # woken by a fast start: recompute the deadline
             await channel.send(beacon)
             scheduler.sent(loop.time(), len(beacon))
 

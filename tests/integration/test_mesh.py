@@ -207,6 +207,7 @@ def test_radio_and_udp_neighbours_share_one_table(bed: NetBed, make_agent: MakeA
         radio = f"serial_radio:{link_dir / 'a'}"
         assert table["b"]["links"][radio]["up"]
         assert table["b"]["links"][radio]["source"] == "session"
+        assert table["b"]["links"][radio]["announced"]  # b's radio beacons reached a
         assert table["c"]["links"]["udp/eth0"]["up"]
         assert "via " + radio in a.cli("ping", "b").stdout
     finally:
