@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.beacons import Beacon, BeaconScheduler, decode_beacon, encode_beacon, is_beacon
 from agent.config import LinksConfig
@@ -48,10 +48,12 @@ from link_drivers.api import DatagramChannel, LinkInfo, LinkMetrics, ReliableStr
 from link_drivers.arq import ArqConfig
 from link_drivers.stream import ArqStream
 from link_drivers.udp import UdpAddress, UdpDriver
-from link_drivers.wifi import WifiDriver
 
-IpDriver = UdpDriver | WifiDriver
-"""A link driver of UDP datagrams on IP interfaces: channels per peer address, accept."""
+if TYPE_CHECKING:  # imported in Mesh.start only when [[links.wifi]] is configured (pyroute2: ~9 MB)
+    from link_drivers.wifi import WifiDriver
+
+    IpDriver = UdpDriver | WifiDriver
+    """A link driver of UDP datagrams on IP interfaces: channels per peer address, accept."""
 
 __all__ = ["RETIRE_AFTER", "Mesh"]
 
@@ -389,7 +391,10 @@ class Mesh:
             LocalError: the UDP port is taken.
             ConfigError: a ``[[links.serial_radios]]`` or ``[[links.wifi]]`` table is invalid.
         """
-        self.wifi = [WifiDriver({"port": self.config.udp_port, **t}) for t in self.config.wifi]
+        if self.config.wifi:
+            from link_drivers.wifi import WifiDriver
+
+            self.wifi = [WifiDriver({"port": self.config.udp_port, **t}) for t in self.config.wifi]
         wireless = [d.config.interface for d in self.wifi]
         wired = tuple(i for i in self.interfaces if i not in wireless)
         self.interfaces = tuple(dict.fromkeys((*self.interfaces, *wireless)))
