@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: all venv test lint typecheck pytest demo bench bench-full clean
+.PHONY: deb ipk test-packaging
 
 all: test
 
@@ -42,6 +43,18 @@ bench: $(BENCH_STAMP)
 
 bench-full: $(BENCH_STAMP)
 	FLORETE_INTERFACES=lo $(BIN)/python -m bench --full
+
+# Packages (docs/packaging.md): build/florete-agent_VERSION_all.deb, and the .ipk files of
+# OpenWrt without its SDK. test-packaging (as root, ~8 min): lintian, piuparts, bookworm
+# chroots on amd64 and on armhf under qemu, systemd as PID 1.
+deb: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python packaging/debian/build-deb.sh build
+
+ipk: $(STAMP)
+	$(BIN)/python packaging/openwrt/build_ipk.py --out build
+
+test-packaging: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python packaging/test-packaging.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

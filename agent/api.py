@@ -3,7 +3,8 @@
 Paths follow the Kubernetes API (core/v1): ``/api/v1/namespaces/{namespace}/pods[/{name}[/log|
 /status]]``, ``/api/v1/nodes``, events, ``/version``; Florete's own resources live under
 ``/apis/florete.io/v1alpha1/``. Errors are ``Status`` objects (see :mod:`agent.httproute`).
-The CLI and TUI use only these routes; they never open the database.
+The CLI and TUI use only these routes; they never open the database. What the real ``kubectl``
+needs besides (selectors, Tables, watch, PATCH, exec, discovery) is in :mod:`agent.api_kube`.
 """
 
 from __future__ import annotations
@@ -11,22 +12,29 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from agent import __version__
-from agent.errors import BadRequestError, NotFoundError
+from agent.api_kube import KubeApi, invalid_response, list_response, object_response, watch_response
+from agent.api_pki import ApiPki
+from agent.errors import BadRequestError, ManifestError, NotFoundError
+from agent.hoststats import host_stats
 from agent.httproute import Handler, Request, Response, Router, StreamingResponse
-from agent.identity import Identity
+from agent.identity import Identity, certificate_not_before
 from agent.podstatus import rfc3339
 from agent.reconciler import Reconciler
+from agent.remote_nodes import remote_nodes
 from agent.runtimes import RuntimeRegistry
 from agent.store import StoredEvent, StoredPod
+from agent.watch import WatchHub
 from wri_plugins.api import LogRecord, TaskHandle
 
+#: Minor version of the Kubernetes API that the API follows (kubectl 1.32's).
+KUBE_MINOR = 32
 #: Pods a node admits (the kubelet's default ``maxPods``), shown as capacity.
 MAX_PODS = 110
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"}
@@ -44,20 +52,18 @@ class AgentInfo:
     started_at: float
 
 
-def _pod_list(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "PodList",
-        "metadata": {"resourceVersion": ""},
-        "items": items,
-    }
-
-
-def _event_object(ev: StoredEvent, index: int, node: str) -> dict[str, Any]:
+def _event_object(ev: StoredEvent, node: str) -> dict[str, Any]:
+    # Named like the kubelet's events: the object's name and the first time, in hex nanoseconds.
+    name = f"{ev.pod}.{int(ev.first_at * 1e9):x}"
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{ev.pod}.{index}", "namespace": ev.namespace},
+        "metadata": {
+            "name": name,
+            "namespace": ev.namespace,
+            "uid": f"{ev.pod_uid}.{int(ev.first_at * 1e9):x}",
+            "creationTimestamp": rfc3339(ev.first_at),
+        },
         "involvedObject": {
             "kind": "Pod",
             "namespace": ev.namespace,
@@ -92,6 +98,14 @@ class Api:
         info: facts about the agent.
         extra_routes: more ``(method, template, handler)`` routes (the mesh's, see
             :mod:`agent.api_mesh`).
+        pki: the API client CA (:mod:`agent.api_pki`) when the TCP API is on, else None.
+
+    Attributes:
+        kube: kubectl's extra routes; the daemon sets ``kube.tcp_address`` once it listens.
+        watch: the pod watch hub (a listener of the store).
+        wrap_route: when set before :meth:`router`, ``wrap_route(method, template, handler)``
+            returns the handler to serve each route with (the supernode serves pods and nodes
+            of its members this way, see :mod:`agent.api_supernode`).
     """
 
     def __init__(
@@ -100,12 +114,19 @@ class Api:
         runtimes: RuntimeRegistry,
         info: AgentInfo,
         extra_routes: Sequence[tuple[str, str, Handler]] = (),
+        pki: ApiPki | None = None,
     ) -> None:
         self.extra_routes = tuple(extra_routes)
         self.reconciler = reconciler
         self.store = reconciler.store
         self.runtimes = runtimes
         self.info = info
+        self.watch = WatchHub(self._pod_object, self.store.resource_version())
+        self.store.add_pod_listener(self.watch.pod_changed)
+        self.kube = KubeApi(
+            reconciler, runtimes, info.identity.name, info.host_ip, info.started_at, pki
+        )
+        self.wrap_route: Callable[[str, str, Handler], Handler] | None = None
 
     def router(self) -> Router:
         """Return a router with every route of the API."""
@@ -128,23 +149,45 @@ class Api:
             ("GET", "/api/v1/nodes", self.list_nodes),
             ("GET", "/api/v1/nodes/{name}", self.get_node),
             ("GET", "/apis/florete.io/v1alpha1/agent", self.agent_status),
+            *self.kube.routes(),
             *self.extra_routes,
         ):
+            if self.wrap_route is not None:
+                handler = self.wrap_route(method, template, handler)
             router.add(method, template, handler)
         return router
 
     # --- pods ---------------------------------------------------------------------------------
 
-    async def list_pods(self, request: Request) -> Response:
-        """``GET /api/v1[/namespaces/{ns}]/pods`` -> ``PodList``."""
-        stored = self.store.list_pods(request.params.get("namespace"))
-        return Response.json(_pod_list([self.reconciler.pod_object(p) for p in stored]))
+    def _pod_object(self, stored: StoredPod) -> dict[str, Any]:
+        """A pod as reads show it: ``Pending`` until its worker reports a status."""
+        obj = self.reconciler.pod_object(stored)
+        if not obj["status"]:
+            obj["status"] = {"phase": "Pending"}
+        return obj
+
+    async def list_pods(self, request: Request) -> Response | StreamingResponse:
+        """``GET /api/v1[/namespaces/{ns}]/pods`` -> ``PodList`` (or a Table), filtered by
+        ``labelSelector`` and ``fieldSelector``; with ``watch=true`` a watch stream."""
+        namespace = request.params.get("namespace")
+
+        def current() -> list[dict[str, Any]]:
+            return [self._pod_object(p) for p in self.store.list_pods(namespace)]
+
+        if request.query.get_bool("watch"):
+            return watch_response(request, self.watch, namespace, current)
+        version = self.store.resource_version()
+        return list_response(request, "pods", "PodList", current(), version)
 
     async def create_pod(self, request: Request) -> Response:
         """``POST .../pods`` with a Pod -> 201 Pod; 409 when it exists, 422 when invalid."""
-        stored = await self.reconciler.create(
-            self._object(request), request.params["namespace"], dry_run=self._dry_run(request)
-        )
+        body = self._object(request)
+        try:
+            stored = await self.reconciler.create(
+                body, request.params["namespace"], dry_run=self._dry_run(request)
+            )
+        except ManifestError as err:
+            return invalid_response("Pod", str((body.get("metadata") or {}).get("name", "")), err)
         return Response.json(self.reconciler.pod_object(stored), 201)
 
     async def update_pod(self, request: Request) -> Response:
@@ -156,19 +199,32 @@ class Api:
             raise BadRequestError(
                 f'the name of the object does not match the name on the URL ("{name}")'
             )
-        stored = await self.reconciler.update(
-            body, request.params["namespace"], dry_run=self._dry_run(request)
-        )
+        try:
+            stored = await self.reconciler.update(
+                body, request.params["namespace"], dry_run=self._dry_run(request)
+            )
+        except ManifestError as err:
+            return invalid_response("Pod", name, err)
         return Response.json(self.reconciler.pod_object(stored))
 
     async def get_pod(self, request: Request) -> Response:
-        """``GET .../pods/{name}[/status]`` -> Pod."""
+        """``GET .../pods/{name}[/status]`` -> Pod (or a one-row Table)."""
         stored = self.store.get_pod(request.params["namespace"], request.params["name"])
-        return Response.json(self.reconciler.pod_object(stored))
+        return object_response(request, "pods", self._pod_object(stored))
 
     async def delete_pod(self, request: Request) -> Response:
-        """``DELETE .../pods/{name}[?gracePeriodSeconds=N]`` -> the Pod, now terminating."""
+        """``DELETE .../pods/{name}`` -> the Pod, now terminating.
+
+        The grace period comes from ``?gracePeriodSeconds=N`` or a ``DeleteOptions`` body
+        (what kubectl sends); the pod's ``terminationGracePeriodSeconds`` without either.
+        """
         grace = request.query.get_int("gracePeriodSeconds")
+        if grace is None and request.body:
+            options = request.json()
+            value = options.get("gracePeriodSeconds") if isinstance(options, dict) else None
+            if value is not None and not isinstance(value, int):
+                raise BadRequestError("DeleteOptions.gracePeriodSeconds must be an integer")
+            grace = value
         if grace is not None and grace < 0:
             raise BadRequestError("gracePeriodSeconds must be >= 0")
         stored = await self.reconciler.delete(
@@ -249,33 +305,36 @@ class Api:
     # --- events, nodes, agent -----------------------------------------------------------------
 
     async def list_events(self, request: Request) -> Response:
-        """``GET /api/v1[/namespaces/{ns}]/events[?fieldSelector=involvedObject.name=X]``."""
-        pod = None
-        selector = request.query.get("fieldSelector") or ""
-        for term in filter(None, selector.split(",")):
-            key, _, value = term.partition("=")
-            if key != "involvedObject.name":
-                raise BadRequestError(
-                    f'field selector "{term}" is not supported; use involvedObject.name=NAME'
-                )
-            pod = value
-        events = self.store.events(request.params.get("namespace"), pod)
-        items = [_event_object(ev, i, self.info.identity.name) for i, ev in enumerate(events)]
-        return Response.json(
-            {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items}
-        )
+        """``GET /api/v1[/namespaces/{ns}]/events``, filtered by selectors
+        (``fieldSelector=involvedObject.name=X,involvedObject.uid=Y`` and the like)."""
+        if request.query.get_bool("watch"):
+            raise BadRequestError("watch is served for pods only")
+        events = self.store.events(request.params.get("namespace"))
+        items = [_event_object(ev, self.info.identity.name) for ev in events]
+        version = self.store.resource_version()
+        return list_response(request, "events", "EventList", items, version)
 
     async def list_nodes(self, request: Request) -> Response:
-        """``GET /api/v1/nodes`` -> ``NodeList`` with this node."""
-        return Response.json(
-            {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": [self._node()]}
-        )
+        """``GET /api/v1/nodes`` -> ``NodeList`` with this node (or a Table)."""
+        if request.query.get_bool("watch"):
+            raise BadRequestError("watch is served for pods only")
+        version = self.store.resource_version()
+        nodes = [self._node(), *await self._remote_nodes()]
+        return list_response(request, "nodes", "NodeList", nodes, version)
 
     async def get_node(self, request: Request) -> Response:
-        """``GET /api/v1/nodes/{name}`` -> Node."""
-        if request.params["name"] != self.info.identity.name:
-            raise NotFoundError(f'nodes "{request.params["name"]}" not found')
-        return Response.json(self._node())
+        """``GET /api/v1/nodes/{name}`` -> Node (or a one-row Table)."""
+        name = request.params["name"]
+        if name == self.info.identity.name:
+            return object_response(request, "nodes", self._node())
+        for node in await self._remote_nodes():
+            if node["metadata"]["name"] == name:
+                return object_response(request, "nodes", node)
+        raise NotFoundError(f'nodes "{name}" not found')
+
+    async def _remote_nodes(self) -> list[dict[str, Any]]:
+        """The devices of remote runtimes (a phone), see :mod:`agent.remote_nodes`."""
+        return await remote_nodes(self.runtimes, self.info.identity.name, self.info.started_at)
 
     def _node(self) -> dict[str, Any]:
         ident = self.info.identity
@@ -300,7 +359,7 @@ class Api:
                     "florete.io/node-id": ident.node_id,
                 },
                 "annotations": {"florete.io/certificate-sha256": ident.fingerprint},
-                "creationTimestamp": rfc3339(ident.certificate.not_valid_before_utc.timestamp()),
+                "creationTimestamp": rfc3339(certificate_not_before(ident.certificate).timestamp()),
             },
             "spec": {},
             "status": {
@@ -336,7 +395,8 @@ class Api:
         }
 
     async def agent_status(self, request: Request) -> Response:
-        """``GET /apis/florete.io/v1alpha1/agent``: identity, runtimes and pod counts."""
+        """``GET /apis/florete.io/v1alpha1/agent``: identity, runtimes, pod counts and the host's
+        CPU, memory and temperature (:func:`agent.hoststats.host_stats`)."""
         ident = self.info.identity
         runtimes = []
         for name, fp in (await self.runtimes.fingerprints()).items():
@@ -373,17 +433,24 @@ class Api:
                     "rssBytes": psutil.Process().memory_info().rss,
                     "runtimes": runtimes,
                     "pods": phases,
+                    "host": host_stats(),
                 },
             }
         )
 
     async def version(self, request: Request) -> Response:
-        """``GET /version``: a Kubernetes ``version.Info``."""
+        """``GET /version``: a Kubernetes ``version.Info``.
+
+        It names the Kubernetes API level this API follows (:data:`KUBE_MINOR`) with the agent's
+        own version after it, e.g. ``v1.32.0-florete.0.1.0``: kubectl warns when the server's
+        minor version is more than one away from its own, and version-dispatching kubectl
+        wrappers (Google Cloud SDK's) pick the client by it.
+        """
         return Response.json(
             {
                 "major": "1",
-                "minor": "30",
-                "gitVersion": f"v{__version__}-florete",
+                "minor": str(KUBE_MINOR),
+                "gitVersion": f"v1.{KUBE_MINOR}.0-florete.{__version__}",
                 "platform": f"linux/{_ARCH.get(platform.machine(), 'unknown')}",
                 "goVersion": "",
                 "compiler": "florete-agent",

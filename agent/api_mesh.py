@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 from agent.errors import BadRequestError, NotFoundError
@@ -73,6 +74,8 @@ class MeshApi:
         self.table = table
         self.trust = trust
         self.identity = identity
+        self.peer_addresses: Callable[[str], list[str]] | None = None
+        """Set by the pairing service: node ID -> where it was met (``status.addresses``)."""
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """``(method, path template, handler)`` for :class:`agent.httproute.Router`."""
@@ -121,8 +124,11 @@ class MeshApi:
 
     async def list_peers(self, request: Request) -> Response:
         """``GET peers``: every trusted or revoked peer."""
-        peers = self.trust.peers()
-        return Response.json(_list("PeerList", [peer_object(p) for p in peers]))
+        items = [peer_object(p) for p in self.trust.peers()]
+        if self.peer_addresses is not None:
+            for item in items:
+                item["status"]["addresses"] = self.peer_addresses(item["metadata"]["name"])
+        return Response.json(_list("PeerList", items))
 
     async def add_peer(self, request: Request) -> Response:
         """``POST peers``: trust the certificate in the body.

@@ -177,11 +177,23 @@ class ApiClient:
         except ValueError as err:
             raise ApiError(f"the agent sent invalid JSON: {err}", status, "") from err
 
-    def stream(self, path: str, query: QueryParams | None = None) -> Generator[bytes, None, None]:
+    def stream(
+        self,
+        path: str,
+        query: QueryParams | None = None,
+        on_connect: Callable[[socket.socket], None] | None = None,
+    ) -> Generator[bytes, None, None]:
         """GET ``path`` and yield body chunks as they arrive (chunked answers).
 
         The request is sent on the first ``next()``, on a connection of its own; closing the
         iterator (or leaving a ``for`` loop over it) closes that connection.
+
+        Args:
+            path: as for :meth:`request`.
+            query: as for :meth:`request`.
+            on_connect: called with the connected socket before the request is sent, so that
+                another thread can end a quiet stream with ``sock.shutdown(SHUT_RDWR)`` (the
+                iterator then ends or raises ApiError, as when the agent closes it).
 
         Raises:
             ApiError: as for :meth:`request`, and when the stream breaks off mid-way.
@@ -189,6 +201,10 @@ class ApiClient:
         conn = self._connect()
         try:
             try:
+                if on_connect is not None:
+                    conn.connect()
+                    if conn.sock is not None:
+                        on_connect(conn.sock)
                 conn.request("GET", _target(path, query))
                 response = conn.getresponse()
                 if not 200 <= response.status < 300:
@@ -208,14 +224,17 @@ class ApiClient:
             conn.close()
 
     def stream_lines(
-        self, path: str, query: QueryParams | None = None
+        self,
+        path: str,
+        query: QueryParams | None = None,
+        on_connect: Callable[[socket.socket], None] | None = None,
     ) -> Generator[bytes, None, None]:
         """Like :meth:`stream`, but yield complete lines without their ``b"\\n"``.
 
         A last line without a newline is yielded when the stream ends.
         """
         pending = b""
-        chunks = self.stream(path, query)
+        chunks = self.stream(path, query, on_connect)
         try:
             for chunk in chunks:
                 *lines, pending = (pending + chunk).split(b"\n")

@@ -133,6 +133,27 @@ def _field(body: dict[object, object], key: str, kind: type[_T]) -> _T:
     return value
 
 
+def _check_map_header(item: bytes, body: dict[object, object]) -> None:
+    """Refuse an indefinite-length map, or one whose header counts more pairs than it holds.
+
+    RFC 8949 §3: the low 5 bits of the first byte hold the pair count (0-23), say that it
+    follows in 1, 2, 4 or 8 big-endian bytes (24-27), or mark an indefinite length (31). A
+    decoded map with fewer entries than its header counts had duplicate keys. This stands in
+    for cbor2 6's ``allow_indefinite=False, allow_duplicate_keys=False`` on the beacon's own
+    map: the pure-Python cbor2 5.9, the one an ARMv7 board without a compiler can install
+    (and the Debian package carries), has neither option.
+
+    Raises:
+        RemoteProtocolError: the map has an indefinite length or duplicate keys.
+    """
+    info = item[0] & 0x1F
+    if info == 31:
+        raise RemoteProtocolError("beacon map has an indefinite length")
+    count = info if info < 24 else int.from_bytes(item[1 : 1 + (1 << (info - 24))], "big")
+    if len(body) != count:
+        raise RemoteProtocolError("beacon map has duplicate keys")
+
+
 def decode_beacon(datagram: bytes) -> Beacon:
     """Decode and validate a beacon.
 
@@ -147,8 +168,9 @@ def decode_beacon(datagram: bytes) -> Beacon:
 
     Raises:
         RemoteProtocolError: longer than :data:`MAX_BEACON_SIZE`, a first byte other than
-            0xF0, CBOR that does not decode or has trailing bytes, a missing or mistyped field,
-            a node ID whose check characters fail, or a version other than 1.
+            0xF0, CBOR that does not decode or has trailing bytes, a map of indefinite length
+            or with duplicate keys, a missing or mistyped field, a node ID whose check
+            characters fail, or a version other than 1.
     """
     if not datagram or datagram[0] != BEACON_TYPE:
         raise RemoteProtocolError(f"not a version-1 beacon (first byte {datagram[:1].hex()!r})")
@@ -156,16 +178,14 @@ def decode_beacon(datagram: bytes) -> Beacon:
         raise RemoteProtocolError(f"beacon of {len(datagram)} bytes exceeds {MAX_BEACON_SIZE}")
     stream = io.BytesIO(datagram[1:])
     try:
-        decoder = cbor2.CBORDecoder(
-            stream, max_depth=4, allow_indefinite=False, allow_duplicate_keys=False
-        )
-        body = decoder.decode()
+        body = cbor2.CBORDecoder(stream, max_depth=4).decode()
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as err:
         raise RemoteProtocolError(f"beacon is not valid CBOR: {err}") from err
     if stream.tell() != len(datagram) - 1:
         raise RemoteProtocolError("beacon has trailing bytes after its CBOR map")
     if not isinstance(body, dict):
         raise RemoteProtocolError(f"beacon body is {type(body).__name__}, not a map")
+    _check_map_header(datagram[1:], body)
     version = _field(body, "v", int)
     if version != BEACON_VERSION:
         raise RemoteProtocolError(f"unsupported beacon version {version!r}")

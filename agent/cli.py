@@ -417,11 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", action="store_true", help="client version only")
     p.set_defaults(func=cmd_version)
 
+    from agent.cli_kube import add_parsers as add_kube_parsers  # kubeconfig
     from agent.cli_links import add_parsers  # radio-sim, link test
     from agent.cli_mesh import add_parsers as add_mesh_parsers  # neighbours, links, peers
+    from agent.cli_mqtt import add_parsers as add_mqtt_parsers  # bridges
+    from agent.cli_pairing import add_parsers as add_pairing_parsers  # pair, unpair
+    from agent.cli_supernode import add_parsers as add_supernode_parsers  # supernode
+    from agent.tui.command import add_parsers as add_tui_parsers  # tui (Textual loads on use)
 
     add_parsers(sub)
     add_mesh_parsers(sub, common, _client)
+    add_pairing_parsers(sub, common, _client)
+    add_kube_parsers(sub, common, _client)
+    add_mqtt_parsers(sub, common, _client)
+    add_supernode_parsers(sub, common, _client)
+    add_tui_parsers(sub, common, _config)
     return parser
 
 

@@ -93,7 +93,7 @@ def links_table(items: Sequence[Mapping[str, Any]]) -> str:
 
 
 def peers_table(items: Sequence[Mapping[str, Any]]) -> str:
-    """NAME NODE-ID STATE SOURCE FINGERPRINT, one row per trust-store entry."""
+    """NAME NODE-ID STATE SOURCE FINGERPRINT ADDRESSES, one row per trust-store entry."""
     rows = [
         [
             p["spec"]["name"],
@@ -101,10 +101,11 @@ def peers_table(items: Sequence[Mapping[str, Any]]) -> str:
             p["status"]["state"],
             p["status"]["source"],
             p["status"]["fingerprint"][:23] + "…",
+            ",".join(p["status"].get("addresses") or []) or "-",
         ]
         for p in items
     ]
-    return table(["NAME", "NODE-ID", "STATE", "SOURCE", "FINGERPRINT"], rows)
+    return table(["NAME", "NODE-ID", "STATE", "SOURCE", "FINGERPRINT", "ADDRESSES"], rows)
 
 
 def add_parsers(

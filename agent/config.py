@@ -36,6 +36,13 @@ from typing import Any
 import psutil
 
 from agent.errors import ConfigError
+from agent.mqtt.settings import (
+    MqttConfig,
+    parse_broker,
+    parse_mappings,
+    parse_patterns,
+    parse_serial_sensors,
+)
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with a trailing NUL (unix(7))
 
@@ -57,8 +64,10 @@ class ApiConfig:
         socket_mode: permission bits of the socket (default ``0o660``).
         socket_group: group given the socket, if that group exists (default ``"florete"``).
         listen: ``"host:port"`` of the mutual-TLS TCP listener, ``""`` (default) for none.
-        tls_client_ca: PEM bundle of the client CAs the TCP listener accepts; required with
-            ``listen``. Its existence is checked by the listener, which reads it.
+        tls_client_ca: PEM bundle of more client CAs the TCP listener accepts, or None.
+            Certificates from the agent's own API CA (``florete-agent kubeconfig``, see
+            :mod:`agent.api_pki`) are always accepted. Its existence is checked by the
+            listener, which reads it.
     """
 
     socket: Path
@@ -116,6 +125,19 @@ class ReconcilerConfig:
 
 
 @dataclass(frozen=True)
+class PairingConfig:
+    """``[pairing]``: one-time codes of ``florete-agent pair``.
+
+    Attributes:
+        code_ttl: seconds a shown code stays valid (default 300).
+        max_failures: failed attempts after which a code burns (default 3).
+    """
+
+    code_ttl: float
+    max_failures: int
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """``[log]``: ``level`` (debug, info, warning, error) and ``format`` (text, json)."""
 
@@ -144,6 +166,8 @@ class Config:
     runtimes: Mapping[str, Mapping[str, Any]]
     reconciler: ReconcilerConfig
     log: LogConfig
+    pairing: PairingConfig
+    mqtt: MqttConfig
     file: Path | None
     sources: Mapping[str, str] = field(repr=False)
 
@@ -214,11 +238,11 @@ def _names(raw: object) -> tuple[str, ...]:
 
 
 def _listen(raw: object) -> str:
-    """``""`` or ``host:port`` (an IPv6 host in brackets: ``[::1]:8443``)."""
+    """``""`` or ``host:port`` (an IPv6 host in brackets: ``[::1]:8443``; port 0: any free)."""
     text = _text(raw)
     host, _, port = text.rpartition(":")
-    if text and not (host.strip("[]") and port.isdigit() and 0 < int(port) < 65536):
-        raise _Invalid(f'expected "host:port" with a port 1-65535, got {text!r}')
+    if text and not (host.strip("[]") and port.isdigit() and 0 <= int(port) < 65536):
+        raise _Invalid(f'expected "host:port" with a port 0-65535, got {text!r}')
     return text
 
 
@@ -271,6 +295,38 @@ def _runtimes(raw: object) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(raw, Mapping) or not all(isinstance(v, Mapping) for v in raw.values()):
         raise _Invalid("expected one table per runtime: [runtimes.<name>]")
     return MappingProxyType({name: MappingProxyType(dict(opts)) for name, opts in raw.items()})
+
+
+def _count(raw: object) -> int:
+    """A positive integer, as a TOML integer or a decimal string."""
+    text = str(raw) if type(raw) is int else _text(raw).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise _Invalid(f"expected a positive integer, got {_kind(raw)}")
+    return int(text)
+
+
+def _wrap(parse: Callable[[object], object]) -> Callable[[object], object]:
+    """A parser of :mod:`agent.mqtt.settings` with its ValueError as :class:`_Invalid`."""
+
+    def wrapped(raw: object) -> object:
+        try:
+            return parse(raw)
+        except ValueError as err:
+            raise _Invalid(str(err)) from None
+
+    return wrapped
+
+
+def _secret(value: str) -> str:
+    return "(set)" if value else ""
+
+
+def _attempts(raw: object) -> int:
+    """A count of attempts, 1-10, as a TOML integer or a decimal string."""
+    text = str(raw) if type(raw) is int else _text(raw).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 10:
+        raise _Invalid(f"expected an integer 1-10, got {_kind(raw)}")
+    return int(text)
 
 
 # Defaults that depend on the environment or on other keys.
@@ -354,6 +410,42 @@ _SPECS: tuple[_Spec, ...] = (  # in resolution order: a derived default follows 
     _Spec("reconciler.shutdown_timeout", _seconds, 10.0, None, "bound on agent shutdown"),
     _Spec("log.level", _LOG_LEVELS, "info", "FLORETE_LOG_LEVEL", "log level"),
     _Spec("log.format", _choice("text", "json"), "text", None, "log format"),
+    _Spec("pairing.code_ttl", _seconds, 300.0, "FLORETE_PAIRING_CODE_TTL", "pairing code life, s"),
+    _Spec("pairing.max_failures", _attempts, 3, None, "failed tries that burn a pairing code"),
+    _Spec(
+        "mqtt.broker",
+        _wrap(parse_broker),
+        None,
+        "FLORETE_MQTT_BROKER",
+        "MQTT broker URL; empty: bridge off",
+        lambda v: "" if v is None else v.url,
+    ),
+    _Spec("mqtt.username", _text, "", "FLORETE_MQTT_USERNAME", "MQTT user name"),
+    _Spec("mqtt.password", _text, "", None, "MQTT password (file only)", _secret),
+    _Spec(
+        "mqtt.password_file",
+        _optional_path,
+        None,
+        "FLORETE_MQTT_PASSWORD_FILE",
+        "file holding the MQTT password",
+    ),
+    _Spec("mqtt.tls_ca", _optional_path, None, "FLORETE_MQTT_TLS_CA", "CA bundle for mqtts://"),
+    _Spec("mqtt.client_id", _text, "", None, "MQTT client id; empty: florete-<short ID>"),
+    _Spec("mqtt.protocol", _choice("3.1.1", "5"), "5", "FLORETE_MQTT_PROTOCOL", "3.1.1 or 5"),
+    _Spec("mqtt.keepalive", _seconds, 30.0, None, "MQTT keepalive, seconds"),
+    _Spec("mqtt.max_inflight", _count, 64, None, "QoS 1 messages in flight to the broker"),
+    _Spec("mqtt.outbox_max_messages", _count, 100_000, None, "outbox bound, messages"),
+    _Spec("mqtt.outbox_max_bytes", _count, 64 * 2**20, None, "outbox bound, bytes"),
+    _Spec("mqtt.telemetry", _bool, True, None, "publish telemetry and HA discovery"),
+    _Spec("mqtt.telemetry_interval", _seconds, 30.0, None, "seconds between telemetry"),
+    _Spec("mqtt.base_topic", _text, "", None, "telemetry topic prefix; empty: florete/<node>"),
+    _Spec("mqtt.discovery_prefix", _text, "homeassistant", None, "HA discovery; empty: off"),
+    _Spec("mqtt.peer_read", _wrap(parse_patterns), ("#",), None, "filters peers may read"),
+    _Spec("mqtt.peer_write", _wrap(parse_patterns), ("#",), None, "filters peers may write"),
+    _Spec("mqtt.mappings", _wrap(parse_mappings), (), None, "topic mappings (file only)"),
+    _Spec(
+        "mqtt.serial_sensors", _wrap(parse_serial_sensors), (), None, "serial sensors (file only)"
+    ),
 )
 _BY_KEY = {spec.key: spec for spec in _SPECS}
 _BY_ENV = {spec.env: spec for spec in _SPECS if spec.env}
@@ -412,11 +504,6 @@ def _flatten(
 
 def _cross_check(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
     errors = []
-    if values["api.listen"] and values["api.tls_client_ca"] is None:
-        errors.append(
-            f"{sources['api.listen']}: api.listen: set, but api.tls_client_ca is not: the TCP "
-            "listener only serves clients with certificates from that CA bundle"
-        )
     if values["links.keepalive"] >= values["links.dead_interval"]:
         errors.append(
             f"{sources['links.keepalive']}: links.keepalive: {values['links.keepalive']} s must "
@@ -427,6 +514,11 @@ def _cross_check(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[
             f"{sources['reconciler.backoff_initial']}: reconciler.backoff_initial: "
             f"{values['reconciler.backoff_initial']} s exceeds reconciler.backoff_max "
             f"({values['reconciler.backoff_max']} s, {sources['reconciler.backoff_max']})"
+        )
+    if values["mqtt.password"] and values["mqtt.password_file"] is not None:
+        errors.append(
+            f"{sources['mqtt.password_file']}: mqtt.password_file: set, and so is mqtt.password "
+            f"({sources['mqtt.password']}): give one"
         )
     size = len(os.fsencode(values["api.socket"]))
     if size > _UNIX_PATH_MAX:  # blame state_dir when the socket path is derived from it

@@ -19,23 +19,33 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from agent.api import AgentInfo, Api
 from agent.api_mesh import MeshApi
+from agent.api_mqtt import MqttApi
+from agent.api_pairing import PairingApi
+from agent.api_pki import ApiPki
+from agent.api_supernode import SupernodeApi
 from agent.config import Config, resolve_interfaces
 from agent.discovery import Discovery
 from agent.errors import ConfigError, FloreteError
-from agent.httpserver import HttpServer, make_server_ssl_context
+from agent.httpserver import HttpServer
 from agent.identity import Identity, load_or_create_identity
 from agent.mesh import Mesh
 from agent.neighbours import NeighbourTable, TrustState
+from agent.pairing.service import PairingService, PairingSettings
 from agent.podworker import BackoffSettings
 from agent.reconciler import NodeSettings, Reconciler
 from agent.runtimes import RuntimeRegistry
 from agent.store import Store
 from agent.trust import TrustStore
+from supernode import Supernode
+
+if TYPE_CHECKING:
+    from agent.mqtt.bridge import Bridge
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +153,19 @@ async def _stop_discovery(task: asyncio.Task[Discovery | None] | None) -> None:
             await discovery.aclose()
 
 
+async def _start_bridge(
+    cfg: Config, identity: Identity, store: Store, mesh: Mesh, trust: TrustStore
+) -> Bridge | None:
+    """The MQTT bridge, started, when ``mqtt.broker`` is set (only then is paho-mqtt loaded)."""
+    if cfg.mqtt.broker is None:
+        return None
+    from agent.mqtt import Bridge
+
+    bridge = Bridge(cfg.mqtt, identity=identity, store=store, mesh=mesh, trust=trust)
+    await bridge.start()
+    return bridge
+
+
 async def run(cfg: Config) -> int:
     """Run the daemon until SIGTERM or SIGINT.
 
@@ -175,7 +198,20 @@ async def run(cfg: Config) -> int:
     table = NeighbourTable(identity.node_id, _trust_state(trust))
     mesh = Mesh(cfg.links, interfaces, identity, trust, table)
     mesh_api = MeshApi(mesh, table, trust, identity)
-    server = HttpServer(Api(reconciler, runtimes, info, mesh_api.routes()).router())
+    pairing_settings = PairingSettings(cfg.pairing.code_ttl, cfg.pairing.max_failures)
+    pairing = PairingService(identity, trust, mesh, table, store, pairing_settings)
+    mesh_api.peer_addresses = pairing.addresses
+    pki = ApiPki.load_or_create(cfg.state_dir / "api-pki", identity) if cfg.api.listen else None
+    mqtt_api = MqttApi()
+    supernode = Supernode(
+        mesh, reconciler, runtimes, identity, cfg.state_dir, cfg.node.labels, cfg.runtime.default
+    )
+    supernode_api = SupernodeApi(supernode)
+    routes = [*mesh_api.routes(), *PairingApi(pairing).routes(), *mqtt_api.routes()]
+    api = Api(reconciler, runtimes, info, [*routes, *supernode_api.routes()], pki)
+    api.wrap_route = supernode_api.wrap
+    bridge: Bridge | None = None
+    server = HttpServer(api.router())
     discovery: asyncio.Task[Discovery | None] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,17 +219,20 @@ async def run(cfg: Config) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with asyncio.TaskGroup() as group:
-            await reconciler.start(group)
+            await reconciler.start(group, hold=supernode.holds)
+            group.create_task(runtimes.watch_remote(stop))
             await mesh.start()
+            await supernode.start()
+            pairing.start()
+            mqtt_api.bridge = bridge = await _start_bridge(cfg, identity, store, mesh, trust)
             discovery = asyncio.create_task(_start_discovery(cfg, identity, mesh, runtimes))
+            discovery.add_done_callback(pairing.discovery_started)
             await server.start_unix(cfg.api.socket, cfg.api.socket_mode, cfg.api.socket_group)
             if cfg.api.listen:
                 host, _, port = cfg.api.listen.rpartition(":")
-                assert cfg.api.tls_client_ca is not None  # load_config enforces it
-                context = make_server_ssl_context(
-                    identity.cert_path, identity.key_path, cfg.api.tls_client_ca
-                )
-                await server.start_tcp(host.strip("[]"), int(port), context)
+                assert pki is not None
+                context = pki.server_context(identity, cfg.api.tls_client_ca)
+                api.kube.tcp_address = await server.start_tcp(host.strip("[]"), int(port), context)
             log.info(
                 "ready in %.3f s: node %s (%s), state dir %s, socket %s",
                 time.time() - started_at,
@@ -208,7 +247,11 @@ async def run(cfg: Config) -> int:
             log.info("stopping")
             try:
                 async with asyncio.timeout(cfg.reconciler.shutdown_timeout):
+                    await pairing.stop()
+                    if bridge is not None:
+                        await bridge.stop()
                     await _stop_discovery(discovery)
+                    await supernode.stop()
                     await mesh.stop()
                     await server.close(cfg.reconciler.shutdown_timeout / 2)
                     await reconciler.stop()
@@ -221,6 +264,7 @@ async def run(cfg: Config) -> int:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        await supernode.stop()
         await mesh.stop()
         await runtimes.close()
         store.close()

@@ -7,7 +7,9 @@ Each agent announces one service instance and browses for the others:
   collides with the machine's own ``<hostname>.local.`` that avahi may announce);
 * TXT (RFC 6763 §6): ``id`` node ID, ``n`` name, ``fp`` SHA-256 certificate fingerprint as 64
   hex digits, ``v`` protocol version (1), ``caps`` capabilities as comma-separated ``key=value``
-  items (``caps=ln=udp,rt=process+podman``). The whole TXT stays under :data:`MAX_TXT_BYTES`.
+  items (``caps=ln=udp,rt=process+podman``; ``pair=1.<n>`` while the node shows a pairing
+  code, ``pair=0.<n>`` after, see :meth:`Discovery.set_pairing`). The whole TXT stays under
+  :data:`MAX_TXT_BYTES`.
 
 Zeroconf always runs on explicit interfaces (their IPv4 addresses, and their indexes for IPv6
 when they have IPv6 addresses): never ``InterfaceChoice.All``, which would send on every
@@ -360,6 +362,8 @@ class Discovery:
         if not 0 < port < 65536:
             raise ConfigError(f"discovery: port must be 1-65535, got {port}")
         self._txt = build_txt(node_id, name, fingerprint, capabilities)
+        self._capabilities = dict(capabilities)
+        self._pairing_changes = 0
         self._node_id = self._txt["id"]
         sid = short_id(self._node_id).lower()
         # Dots would split the label for resolvers that do not escape them (RFC 6763 §4.3).
@@ -447,6 +451,39 @@ class Discovery:
                 async with asyncio.timeout(2.0):
                     await (await aiozc.async_unregister_service(info))
         await aiozc.async_close()
+
+    async def set_pairing(self, showing: bool) -> None:
+        """Announce whether this node shows a pairing code, so that ``florete-agent pair CODE``
+        elsewhere finds it: ``caps`` item ``pair=1.<n>`` while shown, ``pair=0.<n>`` after,
+        ``n`` counting the changes. Every change makes a TXT record never sent before: a browser
+        ignores a record still in its cache (zeroconf fires no update for it), so going back to
+        an earlier TXT would leave the others with the stale one. Re-announces at once
+        (RFC 6762 §8.4); a no-op when the state is unchanged.
+
+        Raises:
+            ConfigError: the TXT record would exceed :data:`MAX_TXT_BYTES`.
+        """
+        current = self._capabilities.get("pair", "0")
+        if current.startswith("1" if showing else "0"):
+            return
+        self._pairing_changes += 1
+        self._capabilities["pair"] = f"{int(showing)}.{self._pairing_changes}"
+        fingerprint = self._txt["fp"]
+        self._txt = build_txt(self._txt["id"], self._txt["n"], fingerprint, self._capabilities)
+        if self._aiozc is None or self._info is None:
+            return
+        info = AsyncServiceInfo(
+            SERVICE_TYPE,
+            self._info.name,
+            port=self._port,
+            properties=self._txt,
+            server=self._server,
+            parsed_addresses=self._published,
+        )
+        self._info = info
+        self._own_text = info.dns_text().text
+        self._announcing.add(asyncio.ensure_future(await self._aiozc.async_update_service(info)))
+        _log.info("announcing %s: pairing code %s", info.name, "shown" if showing else "gone")
 
     async def _register(self, label: str) -> None:
         assert self._aiozc is not None

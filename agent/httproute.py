@@ -19,7 +19,7 @@ import sys
 from asyncio.trsock import TransportSocket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 from urllib.parse import parse_qs, unquote
 
 from agent.errors import BadRequestError, FloreteError, ManifestError
@@ -266,7 +266,37 @@ class StreamingResponse:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Handler: TypeAlias = Callable[[Request], Awaitable[Response | StreamingResponse]]
+class UpgradedStream(Protocol):
+    """The raw byte stream of a connection after ``101 Switching Protocols``."""
+
+    async def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes; ``b""`` at end of stream."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for sending."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until the queued data may grow again."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """Switch the connection to another protocol (RFC 9110 §7.8, §15.2.2), e.g. WebSocket.
+
+    The server answers ``101 Switching Protocols`` with ``headers`` and then calls
+    ``run(buffered, stream)``: ``buffered`` holds bytes the client sent after its request, and
+    the connection ends when ``run`` returns. Only valid for a request that asked to upgrade
+    (``Connection: Upgrade`` and an ``Upgrade`` header); otherwise the client gets a 400.
+    """
+
+    headers: tuple[tuple[str, str], ...]
+    run: Callable[[bytes, UpgradedStream], Awaitable[None]]
+
+
+Handler: TypeAlias = Callable[[Request], Awaitable[Response | StreamingResponse | Upgrade]]
 
 
 def status_object(
@@ -404,7 +434,7 @@ class Router:
         self._routes.append((parsed, {method: handler}))
         self._routes.sort(key=lambda route: route[0].specificity)
 
-    async def dispatch(self, request: Request) -> Response | StreamingResponse:
+    async def dispatch(self, request: Request) -> Response | StreamingResponse | Upgrade:
         """Run the handler for ``request`` and map failures to ``Status`` responses.
 
         Returns:
@@ -437,7 +467,7 @@ class Router:
 
     async def _call(
         self, handler: Handler, template: str, request: Request
-    ) -> Response | StreamingResponse:
+    ) -> Response | StreamingResponse | Upgrade:
         try:
             return await handler(request)
         except FloreteError as err:

@@ -43,6 +43,7 @@ from agent.httproute import (
     StreamingResponse,
     Subject,
     TlsPeer,
+    Upgrade,
     status_response,
 )
 
@@ -275,6 +276,9 @@ class _Connection:
         self._peer = self._peer_of(self._writer)
         while (request := await self._read_request()) is not None:
             response = await self._router.dispatch(request)
+            if isinstance(response, Upgrade):
+                await self._switch(response)
+                return
             if isinstance(response, StreamingResponse):
                 await self._send_stream(response)
             else:
@@ -365,6 +369,21 @@ class _Connection:
         self._emit(h11.EndOfMessage())
         await self._drain()
 
+    async def _switch(self, upgrade: Upgrade) -> None:
+        """Answer ``101 Switching Protocols`` and hand the connection to ``upgrade.run``."""
+        if self._h11.their_state is h11.DONE:  # not MIGHT_SWITCH_PROTOCOL: no upgrade asked
+            await self._send_error(400, "this resource needs a connection upgrade (RFC 9110 §7.8)")
+            return
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upgrade.headers]
+        self._emit(
+            h11.InformationalResponse(
+                status_code=101, headers=headers, reason=b"Switching Protocols"
+            )
+        )
+        await self._drain()
+        buffered = bytes(self._h11.trailing_data[0])
+        await upgrade.run(buffered, _Upgraded(self._reader, self._writer, self._limits))
+
     async def _watch_disconnect(self) -> None:
         """Raise :class:`_ClientGone` when the client closes; keep pipelined bytes for h11."""
         while data := await self._reader.read(_READ_SIZE):
@@ -388,6 +407,30 @@ class _Connection:
             self._writer.write(data)
 
     async def _drain(self) -> None:
+        try:
+            async with asyncio.timeout(self._limits.write_timeout):
+                await self._writer.drain()
+        except TimeoutError as err:
+            raise _ClientGone("client stopped reading") from err
+
+
+class _Upgraded:
+    """The raw stream of a switched connection (:class:`agent.httproute.UpgradedStream`)."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: HttpLimits
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._limits = limits
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self._reader.read(n if n > 0 else _READ_SIZE)
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    async def drain(self) -> None:
         try:
             async with asyncio.timeout(self._limits.write_timeout):
                 await self._writer.drain()

@@ -216,7 +216,47 @@ def node_id_from_certificate(cert: x509.Certificate) -> str:
     key = cert.public_key()
     if not isinstance(key, Ed25519PublicKey):  # bad input from a peer: a value, not a type, error
         raise ValueError(f"certificate key is {type(key).__name__}, not Ed25519")  # noqa: TRY004
-    return node_id_from_public_key(key.public_bytes_raw())
+    return node_id_from_public_key(_raw(key))
+
+
+def _raw(key: Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key (RFC 8032 §5.1.5).
+
+    ``public_bytes_raw()`` says the same from cryptography 40 on; this form also runs on Debian
+    bookworm's python3-cryptography 38, which the .deb depends on.
+    """
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def verify_self_signed(cert: x509.Certificate) -> None:
+    """Check that an Ed25519 certificate names itself as issuer and is signed by its own key.
+
+    The check of cryptography's ``verify_directly_issued_by(cert)`` (cryptography >= 40),
+    written with calls that cryptography 38 (Debian bookworm) has too.
+
+    Raises:
+        ValueError: the key is not Ed25519, or the issuer is not the subject.
+        cryptography.exceptions.InvalidSignature: the signature does not verify with the
+            certificate's own key.
+    """
+    key = cert.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"certificate key is {type(key).__name__}, not Ed25519")  # noqa: TRY004
+    if cert.issuer != cert.subject:
+        raise ValueError("the issuer name is not the subject name")
+    key.verify(cert.signature, cert.tbs_certificate_bytes)
+
+
+def certificate_not_before(cert: x509.Certificate) -> datetime.datetime:
+    """The start of a certificate's validity, as an aware UTC datetime.
+
+    cryptography 42 added ``not_valid_before_utc`` and deprecated the naive
+    ``not_valid_before``; cryptography 38 (Debian bookworm) has only the naive one, in UTC.
+    """
+    aware = getattr(cert, "not_valid_before_utc", None)
+    if isinstance(aware, datetime.datetime):
+        return aware
+    return cert.not_valid_before.replace(tzinfo=datetime.UTC)
 
 
 def _make_certificate(key: Ed25519PrivateKey, name: str, node_id: str) -> x509.Certificate:
@@ -346,7 +386,7 @@ def load_or_create_identity(state_dir: Path, name: str) -> Identity:
         if _publish(key_path, pem, 0o600):
             _log.info("created node key %s", key_path)
     key = _load_key(key_path)
-    node_id = node_id_from_public_key(key.public_key().public_bytes_raw())
+    node_id = node_id_from_public_key(_raw(key.public_key()))
 
     if not cert_path.exists():
         cert_pem = _make_certificate(key, name, node_id).public_bytes(serialization.Encoding.PEM)

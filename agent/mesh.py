@@ -10,8 +10,9 @@ Data path per link (ARCHITECTURE.md §4)::
   and any peer that sends first is accepted. Serial radios (``[[links.serial_radios]]``) are
   point-to-point: one link per radio, dialled for ever, with beacons for discovery (a new
   neighbour heard triggers a fast start of our own beacons). A session with an untrusted peer
-  stays open carrying only pairing messages; it closes when the peer becomes trusted, so a
-  fresh one authenticates.
+  stays open carrying only pairing messages (to :attr:`Mesh.pairing_handler`; the pairing
+  service dials one with :meth:`Mesh.open_pairing`); it closes when the peer becomes trusted,
+  so a fresh one authenticates.
 * **Liveness** comes from ARQ keepalives (``links.keepalive``, ``links.dead_interval``): a silent
   peer's link goes down after ``dead_interval`` seconds; a Goodbye marks the node down at once.
   A link down for longer than :data:`RETIRE_AFTER` is closed; discovery dials again when the node
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import logging
 import random
@@ -39,9 +41,10 @@ from agent.beacons import Beacon, BeaconScheduler, decode_beacon, encode_beacon,
 from agent.config import LinksConfig
 from agent.errors import FloreteError, LocalError, NotFoundError
 from agent.identity import Identity, short_id
+from agent.messages import PairingMessage
 from agent.neighbours import NeighbourTable
 from agent.rpc import Endpoint, PublishCallback, RequestHandler
-from agent.session import SecureSession, SessionState, open_session
+from agent.session import PairingHandler, SecureSession, SessionState, open_session
 from agent.store import StoredPeer
 from agent.trust import TrustStore
 from link_drivers.api import DatagramChannel, LinkInfo, LinkMetrics, ReliableStream
@@ -58,6 +61,9 @@ if TYPE_CHECKING:  # imported in Mesh.start only when [[links.wifi]] is configur
 __all__ = ["RETIRE_AFTER", "Mesh"]
 
 log = logging.getLogger(__name__)
+
+PeerRequestHandler = Callable[[str, Any], Awaitable[Any]]
+"""Serves one method and learns who asked: ``await handler(peer node ID, body) -> result``."""
 
 RETIRE_AFTER = 30.0
 """Seconds a dialled link may stay down before it is closed (discovery dials it again)."""
@@ -146,7 +152,7 @@ class _Link:
                     while True:
                         resets = stream.resets_reported
                         established = await self._one_session(_Borrowed(stream))
-                        self.persistent = self.persistent or established
+                        self.persistent = (self.persistent or established) and self._wanted()
                         reset = stream.resets_reported != resets
                         if self.closing or not (self.persistent or reset):
                             return
@@ -163,13 +169,24 @@ class _Link:
             self.status.state = "closed"
             await self.channel.aclose()
 
+    def _wanted(self) -> bool:
+        """Whether to keep opening sessions: always on a radio, on an IP link only while the
+        peer is trusted (after a revocation the link ends instead of retrying for ever)."""
+        if not self.name.startswith(("udp/", "wifi/")) or not self.status.node_id:
+            return True
+        return self.mesh.table.trust_of(self.status.node_id) == "trusted"
+
     async def _one_session(self, stream: _Borrowed) -> bool:
         """Open one session and serve it until it ends; True if it was established."""
         mesh = self.mesh
         self.status.state = "connecting"
         try:
             session = await open_session(
-                stream, mesh.identity, mesh.trust, handshake_timeout=mesh.handshake_timeout
+                stream,
+                mesh.identity,
+                mesh.trust,
+                handshake_timeout=mesh.handshake_timeout,
+                pairing_handler=mesh._on_pairing_message,
             )
         except (FloreteError, TimeoutError) as err:
             self.status.reason = str(err)
@@ -199,6 +216,8 @@ class _Link:
         finally:
             self.untrusted = None
             await session.close("not trusted")
+            if self.mesh.pairing_ended is not None:
+                self.mesh.pairing_ended(session)
 
     async def _serve(self, session: SecureSession) -> None:
         mesh, status = self.mesh, self.status
@@ -209,6 +228,8 @@ class _Link:
         endpoint = Endpoint(session)
         for method, handler in mesh.handlers.items():
             endpoint.on_request(method, handler)
+        for method, peer_handler in mesh.peer_handlers.items():
+            endpoint.on_request(method, functools.partial(peer_handler, session.peer_id))
         endpoint.start()
         for pattern, callback in mesh.subscriptions:
             await endpoint.subscribe(pattern, callback)
@@ -282,6 +303,25 @@ class _Link:
             "sessions": s.sessions,
             "since": s.since,
             "reason": s.reason,
+            **self._radio(),
+        }
+
+    def _radio(self) -> dict[str, Any]:
+        """Radio figures of a Wi-Fi link (nl80211), ``{}`` for other links."""
+        interface = self.name.partition("wifi/")[2]
+        entry = self.mesh.ip_links.get(interface) if interface else None
+        if entry is None or not hasattr(entry[1], "radio_metrics"):
+            return {}
+        radio = entry[1].radio_metrics()
+        if radio is None:
+            return {"radio": None}
+        return {
+            "radio": {
+                "signalDbm": radio.signal_dbm,
+                "txBitrate": radio.tx_bitrate,
+                "rxBitrate": radio.rx_bitrate,
+                "expectedThroughput": radio.expected_throughput,
+            }
         }
 
 
@@ -366,6 +406,14 @@ class Mesh:
         self.table = table
         self.handshake_timeout = handshake_timeout
         self.handlers: dict[str, RequestHandler] = {"mesh.ping": self._answer_ping}
+        self.peer_handlers: dict[str, PeerRequestHandler] = {}
+        self.pairing_handler: PairingHandler | None = None
+        """Receives what untrusted peers send (set by the pairing service; else dropped)."""
+        self.pairing_ended: Callable[[SecureSession], None] | None = None
+        """Called when an untrusted session ends (set by the pairing service)."""
+        self.pairing_sessions: set[SecureSession] = set()
+        """Untrusted sessions a pairing flow still uses: trusting the peer leaves them open
+        (the pairing service closes them when its flow is done)."""
         self.subscriptions: list[tuple[str, PublishCallback]] = []
         self.udp: UdpDriver | None = None
         self.wifi: list[WifiDriver] = []
@@ -427,6 +475,8 @@ class Mesh:
         if peer.state != "trusted":
             return
         for link in self._links.values():
+            if link.untrusted in self.pairing_sessions:
+                continue
             if link.untrusted is not None and link.status.node_id == peer.node_id:
                 task = asyncio.ensure_future(link.untrusted.close("now trusted"))
                 self._closing.add(task)
@@ -577,6 +627,83 @@ class Mesh:
                 continue  # woken by a fast start: recompute the deadline
             await channel.send(beacon)
             scheduler.sent(loop.time(), len(beacon))
+
+    # ----------------------------------------------------------------- pairing
+
+    async def _on_pairing_message(self, session: SecureSession, message: PairingMessage) -> None:
+        if self.pairing_handler is not None:
+            await self.pairing_handler(session, message)
+
+    async def open_pairing(self, node_id: str, timeout: float = 10.0) -> SecureSession:  # noqa: ASYNC109
+        """An untrusted session to ``node_id`` that carries pairing messages: one already held
+        (a radio link, a peer that called us), else one on new links dialled to every address
+        of the neighbour on our IP links. Links dialled here end with their session.
+
+        Raises:
+            NotFoundError: the neighbour is not in the table, or has no address on our links.
+            LocalError: no untrusted session came up within ``timeout`` seconds (the neighbour
+                is unreachable, or one side still trusts the other).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        dialled = False
+        while True:
+            for link in self._links.values():
+                if link.untrusted is not None and link.status.node_id == node_id:
+                    return link.untrusted
+            if not dialled:
+                self._dial_for_pairing(node_id)
+                dialled = True
+            if loop.time() > deadline:
+                raise LocalError(
+                    f"no pairing session with {short_id(node_id)} within {timeout:g} s (is it "
+                    "reachable? a node that still trusts the other must unpair it first)"
+                )
+            await asyncio.sleep(0.05)
+
+    def _dial_for_pairing(self, node_id: str) -> None:
+        neighbour = self.table.get(node_id)
+        if neighbour is None:
+            raise NotFoundError(f"no neighbour {short_id(node_id)}")
+        peers = _ip_peers(neighbour.addresses, self.ip_links)
+        if not peers and not any(link.status.node_id == node_id for link in self._links.values()):
+            raise NotFoundError(f"neighbour {short_id(node_id)} has no address on our links")
+        for peer in peers:
+            name, driver = self.ip_links[peer.interface]
+            if f"{name} {_show(peer)}" in self._links:
+                continue
+            try:
+                channel = driver.channel(peer)
+            except LocalError as err:
+                log.debug("not dialling %s for pairing: %s", _show(peer), err)
+                continue
+            self._add_link(_Link(self, name, channel, _show(peer), persistent=False))
+
+    def pairing_address(self, session: SecureSession) -> str | None:
+        """Where the peer of an untrusted session is: ``"udp://10.99.0.2:4737"`` on an IP
+        link, the link name (``"serial_radio:/dev/ttyUSB0"``) on a radio; None if it ended."""
+        for link in self._links.values():
+            if link.untrusted is session:
+                ip = link.name.startswith(("udp/", "wifi/"))
+                return f"udp://{link.address}" if ip else link.name
+        return None
+
+    async def drain_pairing(self, session: SecureSession, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until the peer acknowledged all that was sent on an untrusted session (at most
+        ``timeout`` seconds), so that closing it loses no last pairing message."""
+        for link in list(self._links.values()):
+            if link.untrusted is session and link.stream is not None:
+                with contextlib.suppress(LocalError, TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await link.stream.drain()
+
+    def on_peer_request(self, method: str, handler: PeerRequestHandler) -> None:
+        """Serve ``method`` for every neighbour, telling ``handler`` the caller's node ID
+        (proved by the session's TLS), on current and future sessions."""
+        self.peer_handlers[method] = handler
+        for link in self._links.values():
+            if link.endpoint is not None:
+                link.endpoint.on_request(method, functools.partial(handler, link.status.node_id))
 
     # ----------------------------------------------------------------- messages
 

@@ -17,11 +17,12 @@ import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.backoff import CrashLoopBackOff
-from agent.errors import FloreteError
+from agent.errors import FloreteError, RuntimeUnavailableError
 from agent.podspec import Container, Pod, Probe
 from agent.podstatus import (
     WAITING_CREATING,
@@ -54,6 +55,9 @@ class BackoffSettings:
     initial: float = 10.0
     maximum: float = 300.0
     reset: float = 600.0
+
+
+_T = TypeVar("_T")
 
 
 class _ContainerLog(logging.LoggerAdapter[logging.Logger]):
@@ -280,7 +284,7 @@ class PodWorker:
             if last.handle
             else TaskHandle(last.runtime, last.task_id, {})
         )
-        if await self.runtime.recover(handle):
+        if await self._while_unavailable(lambda: self.runtime.recover(handle), clog):
             clog.info("re-attached to task %s", last.task_id)
             return handle, last.attempt
         if last.handle is None:
@@ -296,6 +300,21 @@ class PodWorker:
         )
         status.ready = status.started = False
         return None, last.attempt
+
+    async def _while_unavailable(
+        self, call: Callable[[], Awaitable[_T]], clog: logging.LoggerAdapter[Any] | None
+    ) -> _T:
+        """``call()``, again with back-off while the runtime's backend cannot be reached (a phone
+        out of reach): the task runs on without it, and taking it for lost would start a
+        duplicate once the backend is back."""
+        delay = self._backoff.initial
+        while True:
+            try:
+                return await call()
+            except RuntimeUnavailableError as err:
+                (clog or log).warning("runtime unreachable, trying again in %gs: %s", delay, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff.maximum)
 
     async def _back_off(
         self, c: Container, status: ContainerStatus, delay: float, image_error: str | None
@@ -330,7 +349,8 @@ class PodWorker:
         await asyncio.sleep(delay)
 
     async def _start(self, c: Container, status: ContainerStatus, attempt: int) -> TaskHandle:
-        spec = build_task_spec(self.pod, c, self.ctx, attempt)
+        remote = self.runtime.capabilities.remote
+        spec = build_task_spec(self.pod, c, self.ctx, attempt, remote)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         if spec.working_dir == str(self.ctx.work_dir):
             self.ctx.work_dir.mkdir(parents=True, exist_ok=True)
@@ -364,7 +384,7 @@ class PodWorker:
         self, c: Container, status: ContainerStatus, handle: TaskHandle
     ) -> tuple[ExitResult, float]:
         """Mark the container running, run its probes, and wait until it exits."""
-        info = await self.runtime.inspect(handle)
+        info = await self._while_unavailable(lambda: self.runtime.inspect(handle), clog=None)
         self._pod_ip = info.ip or self._pod_ip
         status.state = ContainerState("running", started_at=info.started_at)
         status.started = c.startup_probe is None

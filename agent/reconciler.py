@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,32 +69,59 @@ class Reconciler:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._deletions: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
+        self._held: set[str] = set()
 
-    async def start(self, group: asyncio.TaskGroup) -> None:
+    async def start(
+        self, group: asyncio.TaskGroup, hold: Callable[[StoredPod], bool] | None = None
+    ) -> None:
         """Start a worker for every stored pod, finishing deletions that were under way.
 
         Args:
             group: the task group that owns the workers (the daemon's).
+            hold: pods for which it returns True get no worker until :meth:`release` (their
+                workloads, if any still run, are left alone meanwhile). The supernode holds
+                its pods until it knows they are still placed here, so that a member back from
+                a reboot never starts a pod that another member runs now.
         """
         self._group = group
         for stored in self.store.list_pods():
-            try:
-                pod = parse_pod(stored.manifest)
-            except ManifestError as err:
-                log.error(  # noqa: TRY400 - the manifest is at fault, not the code
-                    "pod %s/%s: stored manifest no longer valid: %s",
-                    stored.namespace,
-                    stored.name,
-                    err,
-                )
+            if hold is not None and hold(stored):
+                self._held.add(stored.uid)
                 continue
-            try:
-                worker = self._spawn(stored, pod)
-            except FloreteError as err:
-                log.error("pod %s/%s: cannot run it here: %s", stored.namespace, stored.name, err)  # noqa: TRY400
-                continue
-            if stored.deletion_at is not None:
-                self._begin_deletion(worker, stored.deletion_grace or 0.0)
+            self._adopt(stored)
+
+    @property
+    def held(self) -> frozenset[str]:
+        """Uids of the pods held at start and not released yet."""
+        return frozenset(self._held)
+
+    def release(self, uid: str) -> None:
+        """Start the worker of a held pod (re-attaching to its workloads); no-op otherwise."""
+        if uid in self._held:
+            self._held.discard(uid)
+            stored = self.store.pod_by_uid(uid)
+            if stored is not None:
+                self._adopt(stored)
+
+    def _adopt(self, stored: StoredPod) -> None:
+        """Start the worker of a stored pod, and its deletion if one was under way."""
+        try:
+            pod = parse_pod(stored.manifest)
+        except ManifestError as err:
+            log.error(  # noqa: TRY400 - the manifest is at fault, not the code
+                "pod %s/%s: stored manifest no longer valid: %s",
+                stored.namespace,
+                stored.name,
+                err,
+            )
+            return
+        try:
+            worker = self._spawn(stored, pod)
+        except FloreteError as err:
+            log.error("pod %s/%s: cannot run it here: %s", stored.namespace, stored.name, err)  # noqa: TRY400
+            return
+        if stored.deletion_at is not None:
+            self._begin_deletion(worker, stored.deletion_grace or 0.0)
 
     async def stop(self) -> None:
         """Detach from every pod; the workloads keep running.
@@ -238,6 +266,7 @@ class Reconciler:
         if grace is None:
             grace = float(stored.manifest["spec"].get("terminationGracePeriodSeconds", 30))
         stored = self.store.mark_deleted(namespace, name, grace)
+        self.release(stored.uid)
         worker = self._workers.get(stored.uid)
         if worker is not None and not worker.terminating:
             self._begin_deletion(worker, stored.deletion_grace or 0.0)
@@ -257,11 +286,18 @@ class Reconciler:
             metadata["deletionGracePeriodSeconds"] = int(stored.deletion_grace or 0)
         worker = self._workers.get(stored.uid)
         status = worker.status() if worker is not None else stored.status
+        node = self.node.name
+        device = self.runtimes.remote_node(worker.runtime.name) if worker is not None else None
+        if device is not None:  # a pod on a phone: that node, Unknown while it is unreachable
+            node = device.name
+            if not device.ready and status.get("phase") in ("Pending", "Running"):
+                message = f"Node {node} which was running pod {stored.name} is unresponsive"
+                status = {**status, "phase": "Unknown", "reason": "NodeLost", "message": message}
         return {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": metadata,
-            "spec": {**manifest["spec"], "nodeName": self.node.name},
+            "spec": {**manifest["spec"], "nodeName": node},
             "status": status,
         }
 

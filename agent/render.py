@@ -7,6 +7,7 @@ ages follow kubectl (``pkg/printers/internalversion/printers.go`` ``printPod`` a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -147,7 +148,8 @@ def pods_table(
 
 
 def nodes_table(nodes: Sequence[Mapping[str, Any]], now: float | None = None) -> str:
-    """The ``get nodes`` table: NAME STATUS ROLES AGE VERSION."""
+    """The ``get nodes`` table: NAME STATUS ROLES AGE VERSION; a supernode's members (its
+    ``florete.io/members`` annotation) follow it on rows of their own, indented."""
     rows = []
     for node in nodes:
         conditions = (node.get("status") or {}).get("conditions") or []
@@ -162,6 +164,11 @@ def nodes_table(nodes: Sequence[Mapping[str, Any]], now: float | None = None) ->
                 info.get("kubeletVersion", ""),
             ]
         )
+        members = (node["metadata"].get("annotations") or {}).get("florete.io/members")
+        for member in json.loads(members) if members else []:
+            role = "member,leader" if member.get("leader") else "member"
+            status = "Ready" if member.get("ready") else "NotReady"
+            rows.append([f"  └ {member.get('name', '?')}", status, role, "", ""])
     return table(["NAME", "STATUS", "ROLES", "AGE", "VERSION"], rows)
 
 

@@ -63,6 +63,7 @@ MAX_HANDLERS = 32
 many, requests are dropped unanswered)."""
 MAX_PEER_SUBSCRIPTIONS = 256
 """Patterns a peer may subscribe to; further Subscribe messages are dropped."""
+_TOPIC_CACHE = 256  # topics whose pattern matches are remembered, per direction
 
 STATUS_OK = 200
 STATUS_NOT_FOUND = 404
@@ -135,6 +136,10 @@ class Endpoint:
         self._next_id = 0
         self._subscriptions: dict[str, list[PublishCallback]] = {}
         self._peer_patterns: set[str] = set()
+        # Topic -> does a peer pattern match / which local patterns match; cleared whenever a
+        # subscription changes (a stream of publications mostly repeats a few topics).
+        self._peer_wants: dict[str, bool] = {}
+        self._local_matches: dict[str, list[str]] = {}
         self._serving: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed_reason: str | None = None
@@ -260,11 +265,17 @@ class Endpoint:
             LocalProtocolError: the topic or body is invalid.
             SessionClosedError: the session is closed.
         """
-        try:
-            validate_topic(topic)
-        except ValueError as err:
-            raise LocalProtocolError(str(err)) from None
-        if not any(topic_matches(pattern, topic) for pattern in self._peer_patterns):
+        wanted = self._peer_wants.get(topic)
+        if wanted is None:
+            try:
+                validate_topic(topic)
+            except ValueError as err:
+                raise LocalProtocolError(str(err)) from None
+            wanted = any(topic_matches(pattern, topic) for pattern in self._peer_patterns)
+            if len(self._peer_wants) >= _TOPIC_CACHE:
+                self._peer_wants.clear()
+            self._peer_wants[topic] = wanted
+        if not wanted:
             return False
         await self._session.send(Publish(topic, body))
         return True
@@ -283,6 +294,7 @@ class Endpoint:
             raise LocalProtocolError(str(err)) from None
         callbacks = self._subscriptions.setdefault(pattern, [])
         callbacks.append(callback)
+        self._local_matches.clear()
         if len(callbacks) == 1:
             await self._session.send(Subscribe(pattern))
 
@@ -294,6 +306,7 @@ class Endpoint:
             SessionClosedError: the session is closed.
         """
         if self._subscriptions.pop(pattern, None) is not None:
+            self._local_matches.clear()
             await self._session.send(Unsubscribe(pattern))
 
     # ----------------------------------------------------------------- dispatcher
@@ -328,8 +341,10 @@ class Endpoint:
                 self._drop(f"subscription beyond {MAX_PEER_SUBSCRIPTIONS} patterns")
             else:
                 self._peer_patterns.add(msg.pattern)
+                self._peer_wants.clear()
         elif isinstance(msg, Unsubscribe):
             self._peer_patterns.discard(msg.pattern)
+            self._peer_wants.clear()
         else:
             self._drop(f"{type(msg).__name__} on an established session")
 
@@ -388,15 +403,18 @@ class Endpoint:
             )
 
     def _deliver(self, pub: Publish) -> None:
-        matched = False
-        for pattern, callbacks in list(self._subscriptions.items()):
-            if not topic_matches(pattern, pub.topic):
-                continue
-            matched = True
+        patterns = self._local_matches.get(pub.topic)
+        if patterns is None:
+            patterns = [p for p in self._subscriptions if topic_matches(p, pub.topic)]
+            if len(self._local_matches) >= _TOPIC_CACHE:
+                self._local_matches.clear()
+            self._local_matches[pub.topic] = patterns
+        for pattern in patterns:
+            callbacks = self._subscriptions.get(pattern, ())
             for callback in list(callbacks):
                 try:
                     callback(pub.topic, pub.body)
                 except Exception:
                     log.exception("subscriber of %r failed on %r", pattern, pub.topic)
-        if not matched:
+        if not patterns:
             self._drop(f"publication on {pub.topic!r}, not subscribed")

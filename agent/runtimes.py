@@ -12,9 +12,12 @@ containers name no image runs on ``process``, and one whose containers name imag
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,21 @@ log = logging.getLogger(__name__)
 UID_LENGTH = 36
 #: Seconds a fingerprint is reused before the runtime is asked again.
 FINGERPRINT_TTL = 10.0
+
+
+@dataclass(frozen=True)
+class RemoteNode:
+    """The device a remote runtime (capability ``remote``) runs its pods on.
+
+    Attributes:
+        name: its node name (fingerprint attribute ``node_name``).
+        ready: the device answered at the runtime's last fingerprint.
+        why: that fingerprint's description.
+    """
+
+    name: str
+    ready: bool
+    why: str
 
 
 class RuntimeRegistry:
@@ -119,6 +137,28 @@ class RuntimeRegistry:
         if cached is None or cached[1].attributes.get("limits_enforced", "true") == "true":
             return None
         return cached[1].attributes.get("limits", "limits are not enforced")
+
+    def remote_node(self, name: str) -> RemoteNode | None:
+        """The device of remote runtime ``name`` as its last fingerprint saw it; None for a
+        local runtime, one not fingerprinted yet, or one whose fingerprint names no node."""
+        runtime, cached = self.runtimes.get(name), self._fingerprints.get(name)
+        if runtime is None or not runtime.capabilities.remote or cached is None:
+            return None
+        fingerprint = cached[1]
+        node = fingerprint.attributes.get("node_name")
+        if not node or not fingerprint.attributes.get("host"):
+            return None
+        return RemoteNode(node, fingerprint.healthy, fingerprint.description)
+
+    async def watch_remote(self, stop: asyncio.Event) -> None:
+        """Fingerprint the remote runtimes every :data:`FINGERPRINT_TTL` seconds until ``stop``
+        is set, so :meth:`remote_node` follows a device that goes away and comes back."""
+        remote = [name for name, rt in self.runtimes.items() if rt.capabilities.remote]
+        while remote and not stop.is_set():
+            for name in remote:
+                await self.fingerprint(name, fresh=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FINGERPRINT_TTL)
 
     async def fingerprints(self) -> dict[str, Fingerprint]:
         """Return every runtime's fingerprint, by name."""

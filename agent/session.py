@@ -19,6 +19,9 @@ Protocol, over any :class:`link_drivers.api.ReliableStream` (ARCHITECTURE.md §4
    TLS records travel as stream messages; the server sends no session tickets (bytes a 9600-baud
    radio would waste: no resumption is used). The handshake is about 1.5 KiB in three flights.
 4. **Established**: each message is ``length (2 bytes, big-endian) + CBOR`` inside TLS.
+   Messages sent during one event-loop step share one TLS record (one stream message, up to
+   :data:`STREAM_CHUNK` bytes), written when the step ends: 22 bytes of record overhead and one
+   encryption for a burst instead of per message, and no delay for a lone message.
    :meth:`SecureSession.close` sends :class:`~agent.messages.Goodbye` then a TLS close_notify,
    so the peer reports the session closed at once rather than after a link timeout.
 
@@ -55,6 +58,7 @@ from agent.messages import (
     encode,
     encode_preamble,
 )
+from agent.stepping import Rest, step
 from agent.trust import Peer, TrustStore
 from link_drivers.api import ReliableStream
 
@@ -72,11 +76,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 16 * 1024
-"""Largest stream message the session sends, bytes (TLS output is cut at this size)."""
+"""Plaintext bytes per TLS record (the TLS 1.3 maximum, RFC 8446 section 5.1): messages sent in
+one loop step are written as soon as they reach it, and a stream message carries at most one
+full record (this plus 22 bytes)."""
 CLOSE_TIMEOUT = 2.0
 """Seconds :meth:`SecureSession.close` waits for the goodbye to be acknowledged."""
 
 _LENGTH = 2  # bytes of the length prefix of a message inside TLS
+_RECORD_OVERHEAD = 22  # bytes TLS 1.3 adds to a record (RFC 8446 section 5.2)
 
 
 class SessionState(enum.Enum):
@@ -205,9 +212,13 @@ class SecureSession:
         self._tls: ssl.SSLObject | None = None
         self._plain = bytearray()
         self._peer_eof = False
-        self._unsent = bytearray()
+        self._unsent = bytearray()  # TLS output not yet taken by the stream
+        self._pending = bytearray()  # messages sent in this loop step, not yet given to TLS
+        self._write_soon: asyncio.Handle | None = None
+        self._draining: asyncio.Task[None] | None = None  # a stream send that waits for room
         self._send_lock = asyncio.Lock()
-        self._recv_task: asyncio.Task[bytes] | None = None
+        self._waiter: asyncio.Task[Any] | None = None  # the task awaiting the stream
+        self._waiter_cancelled = False  # _request_close cancelled that wait
         self._receiving = False
         self._abort: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._abort_reason = ""
@@ -259,6 +270,9 @@ class SecureSession:
         if not self._abort.done():
             self._abort_reason, self._abort_farewell = reason, farewell
             self._abort.set_result(True)
+            if self._waiter is not None and not self._waiter_cancelled:
+                self._waiter_cancelled = True  # _next_record takes this cancellation back
+                self._waiter.cancel()
 
     async def _finish(self, reason: str, *, farewell: str | None) -> None:
         """Tear the session down once; later callers wait for the first to finish."""
@@ -280,10 +294,10 @@ class SecureSession:
         except (FloreteError, ssl.SSLError, TimeoutError) as err:
             self._log.debug("goodbye not delivered: %s", err)
         finally:
-            if self._recv_task is not None:
-                self._recv_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, FloreteError):
-                    await self._recv_task
+            if self._write_soon is not None:
+                self._write_soon.cancel()
+            if self._draining is not None:
+                self._draining.cancel()
             await self._stream.aclose()
             self._closed.set()
 
@@ -291,7 +305,14 @@ class SecureSession:
         assert self._tls is not None
         data = encode(Goodbye(reason[:MAX_REASON]))
         async with self._send_lock:
-            self._tls.write(len(data).to_bytes(_LENGTH, "big") + data)
+            if self._draining is not None:
+                await asyncio.wait((self._draining,))
+            if self._write_soon is not None:
+                self._write_soon.cancel()
+                self._write_soon = None
+            self._pending += len(data).to_bytes(_LENGTH, "big") + data  # after what was sent
+            self._tls.write(self._pending)
+            self._pending.clear()
             with contextlib.suppress(ssl.SSLWantReadError):
                 self._tls.unwrap()  # queues close_notify; the peer's is not awaited
             await self._flush()
@@ -446,35 +467,92 @@ class SecureSession:
         """Send what TLS wrote, in order (call with the send lock held)."""
         self._unsent += self._outgoing.read()
         while self._unsent:
-            chunk = bytes(self._unsent[:STREAM_CHUNK])
+            chunk = bytes(self._unsent[: STREAM_CHUNK + _RECORD_OVERHEAD])
             await self._stream_send(chunk)
             del self._unsent[: len(chunk)]
+
+    def _write_pending(self) -> None:
+        """Encrypt the messages sent so far as one TLS record and hand it to the stream now.
+
+        Called when the event-loop step that sent them ends, or at once when they fill a record.
+        A stream send that has to wait for room is finished by a task; later messages wait in
+        :meth:`send` until it is done. A stream that broke closes the session.
+        """
+        if self._write_soon is not None:
+            self._write_soon.cancel()
+            self._write_soon = None
+        if not self._pending or self._tls is None or self.state is not SessionState.ESTABLISHED:
+            return
+        self._tls.write(self._pending)
+        self._pending.clear()
+        self._unsent += self._outgoing.read()
+        while self._unsent and self._draining is None:
+            chunk = bytes(self._unsent[: STREAM_CHUNK + _RECORD_OVERHEAD])
+            try:
+                rest = step(self._stream.send(chunk))
+            except LocalError as err:
+                self._unsent.clear()
+                self._request_close(f"link stream broke: {err}", None)
+                return
+            if rest is not None:
+                self._draining = asyncio.get_running_loop().create_task(
+                    self._drain(rest, len(chunk)), name="session-drain"
+                )
+                return
+            del self._unsent[: len(chunk)]
+
+    async def _drain(self, rest: Rest, sent: int) -> None:
+        """Finish a stream send that waited for room, then send what TLS wrote meanwhile."""
+        try:
+            await rest
+            del self._unsent[:sent]
+            while self._unsent:
+                chunk = bytes(self._unsent[: STREAM_CHUNK + _RECORD_OVERHEAD])
+                await self._stream.send(chunk)
+                del self._unsent[: len(chunk)]
+        except LocalError as err:
+            self._unsent.clear()
+            self._request_close(f"link stream broke: {err}", None)
+        finally:
+            self._draining = None
 
     async def _next_record(self) -> bytes:
         """Next stream message; raise SessionClosedError once the session is told to close.
 
-        The stream's ``receive`` runs in a task kept across calls, so a caller cancelled while
-        waiting loses no message.
+        The stream is awaited in the caller's task, with no task of its own: a close requested
+        meanwhile cancels that wait (and :meth:`_request_close` takes that cancellation back
+        here, as ``asyncio.timeout`` does), and a caller cancelled while waiting loses no message
+        (the stream hands a message out only to a caller that returns with it).
         """
-        await self._close_if_requested()
-        if self._recv_task is None:
-            self._recv_task = asyncio.get_running_loop().create_task(
-                self._stream.receive(), name="session-receive"
-            )
-        await asyncio.wait((self._recv_task, self._abort), return_when=asyncio.FIRST_COMPLETED)
-        await self._close_if_requested()
-        task, self._recv_task = self._recv_task, None
+        if self._abort.done():
+            await self._close_now()
+        task = asyncio.current_task()
+        self._waiter = task
+        ours = False
         try:
-            return task.result()
+            try:
+                data = await self._stream.receive()
+            finally:  # from here on a close request must not cancel this task
+                ours, self._waiter, self._waiter_cancelled = self._waiter_cancelled, None, False
+        except asyncio.CancelledError:
+            if not ours or task is None or task.uncancel() > 0:
+                raise
+            await self._close_now()
         except LocalError as err:
             await self._finish(f"link stream broke: {err}", farewell=None)
             raise SessionClosedError(self._closed_message()) from err
+        if self._abort.done():
+            await self._close_now()
+        return data
 
     async def _close_if_requested(self) -> None:
         """If the session was told to close, finish closing it and raise SessionClosedError."""
         if self._abort.done():
-            await self._finish(self._abort_reason, farewell=self._abort_farewell)
-            raise SessionClosedError(self._closed_message())
+            await self._close_now()
+
+    async def _close_now(self) -> NoReturn:
+        await self._finish(self._abort_reason, farewell=self._abort_farewell)
+        raise SessionClosedError(self._closed_message())
 
     def _closed_message(self) -> str:
         reason = self.close_reason or self._abort_reason
@@ -496,6 +574,11 @@ class SecureSession:
     async def send(self, message: Message) -> None:
         """Send one message (encrypted once established; plaintext pairing only when untrusted).
 
+        Once established, the message is queued and leaves when the current event-loop step
+        ends, in one TLS record with the others sent in that step; this waits only while the
+        stream pushes back. A link that breaks as the record is handed over closes the session
+        (the next call reports it), as a message in flight may always be lost with the link.
+
         Raises:
             SessionClosedError: the session is closed or closing, or the link broke.
             LocalProtocolError: the message cannot be encoded (see :func:`agent.messages.encode`),
@@ -512,10 +595,14 @@ class SecureSession:
             async with self._send_lock:
                 await self._stream_send(data)
         elif self.state is SessionState.ESTABLISHED and self._tls is not None:
-            async with self._send_lock:
+            while self._draining is not None:  # the stream pushes back: queue behind it
+                await asyncio.wait((self._draining,))
                 self._check_open()
-                self._tls.write(len(data).to_bytes(_LENGTH, "big") + data)
-                await self._flush()
+            self._pending += len(data).to_bytes(_LENGTH, "big") + data
+            if len(self._pending) >= STREAM_CHUNK:
+                self._write_pending()
+            elif self._write_soon is None:
+                self._write_soon = asyncio.get_running_loop().call_soon(self._write_pending)
         else:
             raise LocalProtocolError(f"cannot send in session state {self.state.value}")
         self.metrics.messages_sent += 1
@@ -563,7 +650,8 @@ class SecureSession:
 
     async def _receive_established(self) -> Message:
         while True:
-            await self._close_if_requested()
+            if self._abort.done():
+                await self._close_now()
             try:
                 message = self._next_message()
             except UnknownMessageTypeError as err:
@@ -592,32 +680,40 @@ class SecureSession:
             self._incoming.write(await self._next_record())
 
     def _next_message(self) -> Message | None:
-        """Decrypt what arrived and return the next whole message, or None if none is complete.
+        """Return the next whole message, decrypting what arrived if none is complete yet, or
+        None if none is.
 
         Raises:
             EOFError: the peer sent close_notify.
             ssl.SSLError: a record failed to decrypt.
             RemoteProtocolError: a message is malformed.
         """
-        assert self._tls is not None
-        while not self._peer_eof:
+        plain = self._plain
+        if len(plain) < _LENGTH or len(plain) < _LENGTH + int.from_bytes(plain[:_LENGTH], "big"):
+            self._decrypt()
+        size = int.from_bytes(plain[:_LENGTH], "big")  # <= MAX_MESSAGE_SIZE by design
+        if len(plain) < _LENGTH + size:
+            if self._peer_eof:
+                raise EOFError
+            return None
+        data = bytes(plain[_LENGTH : _LENGTH + size])
+        del plain[: _LENGTH + size]
+        return decode(data)
+
+    def _decrypt(self) -> None:
+        """Append the plaintext of every whole TLS record received to ``_plain``."""
+        tls, incoming = self._tls, self._incoming
+        assert tls is not None
+        while not self._peer_eof and (incoming.pending or tls.pending()):
             try:
-                chunk = self._tls.read(STREAM_CHUNK)
+                chunk = tls.read(STREAM_CHUNK)
             except ssl.SSLWantReadError:
-                break
+                break  # a partial record: the rest comes with the next stream message
             except ssl.SSLZeroReturnError:
                 chunk = b""
             if not chunk:  # close_notify: deliver what came before it first
                 self._peer_eof = True
             self._plain += chunk
-        size = int.from_bytes(self._plain[:_LENGTH], "big")  # <= MAX_MESSAGE_SIZE by design
-        if len(self._plain) < _LENGTH + size:
-            if self._peer_eof:
-                raise EOFError
-            return None
-        data = bytes(self._plain[_LENGTH : _LENGTH + size])
-        del self._plain[: _LENGTH + size]
-        return decode(data)
 
 
 async def open_session(

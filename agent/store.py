@@ -18,9 +18,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,35 @@ CREATE TABLE IF NOT EXISTS peers (
     state TEXT NOT NULL CHECK (state IN ('trusted', 'revoked')),
     added_at REAL NOT NULL,
     source TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mqtt_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    peer TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    queued_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mqtt_outbox_by_peer ON mqtt_outbox (peer, seq);
+CREATE TABLE IF NOT EXISTS mqtt_counters (
+    peer TEXT PRIMARY KEY,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS mqtt_inbound (
+    origin TEXT PRIMARY KEY,
+    epoch TEXT NOT NULL,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mqtt_peer_routes (
+    peer TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    strip TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    qos INTEGER NOT NULL,
+    PRIMARY KEY (peer, filter, strip, prefix)
 );
 """
 
@@ -167,6 +196,10 @@ class StoredPeer:
     source: str
 
 
+PodListener = Callable[[str, "StoredPod"], None]
+"""Called as ``(change, pod)`` after a pod change is committed; ``change`` is ``ADDED``,
+``MODIFIED`` or ``DELETED`` (with the pod's last state and the version of its removal)."""
+
 _PEER_COLUMNS = "node_id, name, certificate, fingerprint, state, added_at, source"
 
 _POD_COLUMNS = (
@@ -203,6 +236,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         path.touch(mode=0o600, exist_ok=True)
         self.path = path
+        self._pod_listeners: list[PodListener] = []
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -221,6 +255,16 @@ class Store:
         """Close the database (checkpointing the WAL)."""
         with self._lock:
             self._db.close()
+
+    def transaction(self, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction for a feature that keeps its own tables here (the MQTT
+        outbox, ``mqtt_*``); see :meth:`_tx` for ``durable``. Safe from any thread."""
+        return self._tx(durable)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only statement and return its rows (safe from any thread)."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
 
     @contextmanager
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -243,6 +287,26 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def add_pod_listener(self, listener: PodListener) -> None:
+        """Call ``listener`` after every committed pod change (watch streams use this).
+
+        Listeners run in the thread that made the change (the daemon's event loop) and must
+        not raise; they must not write to the store either.
+        """
+        self._pod_listeners.append(listener)
+
+    def _notify(self, change: str, pod: StoredPod) -> None:
+        for listener in self._pod_listeners:
+            listener(change, pod)
+
+    def resource_version(self) -> int:
+        """The store-wide version counter: the version of the latest change."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'resource_version'"
+            ).fetchone()
+        return int(row[0])
 
     def _next_version(self, db: sqlite3.Connection) -> int:
         row = db.execute(
@@ -273,7 +337,9 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (namespace, name, uid, json.dumps(manifest), now, version),
             )
-        return self.get_pod(namespace, name)
+        pod = self.get_pod(namespace, name)
+        self._notify("ADDED", pod)
+        return pod
 
     def update_manifest(self, namespace: str, name: str, manifest: dict[str, Any]) -> StoredPod:
         """Replace a pod's manifest (metadata changes; the caller checked the spec is unchanged).
@@ -290,7 +356,9 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise NotFoundError(f'pods "{name}" not found')
-        return self.get_pod(namespace, name)
+        pod = self.get_pod(namespace, name)
+        self._notify("MODIFIED", pod)
+        return pod
 
     def get_pod(self, namespace: str, name: str) -> StoredPod:
         """Return one pod.
@@ -334,6 +402,8 @@ class Store:
                 "UPDATE pods SET status = ?, resource_version = ? WHERE uid = ?",
                 (json.dumps(status), version, uid),
             )
+        if self._pod_listeners and (pod := self.pod_by_uid(uid)) is not None:
+            self._notify("MODIFIED", pod)
 
     def mark_deleted(self, namespace: str, name: str, grace: float) -> StoredPod:
         """Record that deletion was requested, keeping the earliest request's time and grace.
@@ -351,14 +421,20 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise NotFoundError(f'pods "{name}" not found')
-        return self.get_pod(namespace, name)
+        pod = self.get_pod(namespace, name)
+        self._notify("MODIFIED", pod)
+        return pod
 
     def remove_pod(self, uid: str) -> None:
         """Forget a pod with its tasks and events (after its workloads were destroyed)."""
+        gone = self.pod_by_uid(uid)
         with self._tx() as db:
+            version = self._next_version(db)
             db.execute("DELETE FROM pods WHERE uid = ?", (uid,))
             db.execute("DELETE FROM tasks WHERE pod_uid = ?", (uid,))
             db.execute("DELETE FROM events WHERE pod_uid = ?", (uid,))
+        if gone is not None:
+            self._notify("DELETED", replace(gone, resource_version=version))
 
     # --- tasks --------------------------------------------------------------------------------
 

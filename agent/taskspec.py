@@ -9,7 +9,8 @@ directory and the limits (``pkg/kubelet/kuberuntime/kuberuntime_container.go``,
 Host processes do not inherit the agent's environment (a container does not inherit the
 kubelet's): they get ``PATH``, ``HOME`` and ``HOSTNAME`` (the pod name, as in a container), then
 the manifest's variables. A container with an image gets ``HOSTNAME`` and the manifest's
-variables only: its image supplies ``PATH`` and ``HOME``.
+variables only: its image supplies ``PATH`` and ``HOME``. So does a task of a remote runtime (a
+phone): the device's login supplies them, and its default working directory too.
 """
 
 from __future__ import annotations
@@ -74,14 +75,22 @@ def field_value(pod: Pod, ctx: PodContext, field_path: str) -> str:
     return table.get(match.group(2), "")
 
 
-def container_env(pod: Pod, container: Container, ctx: PodContext) -> dict[str, str]:
+def container_env(
+    pod: Pod, container: Container, ctx: PodContext, remote: bool = False
+) -> dict[str, str]:
     """Build a container's environment, in the kubelet's order.
+
+    Args:
+        pod: the pod.
+        container: one of its containers.
+        ctx: where it runs.
+        remote: the runtime runs it on another device, which supplies ``PATH`` and ``HOME``.
 
     Returns:
         Variable name -> value.
     """
     env = {"HOSTNAME": pod.metadata.name}
-    if not container.image:
+    if not container.image and not remote:
         env["PATH"] = os.environ.get("PATH", DEFAULT_PATH)
         env["HOME"] = os.environ.get("HOME", "/")
     for var in container.env:
@@ -92,7 +101,9 @@ def container_env(pod: Pod, container: Container, ctx: PodContext) -> dict[str, 
     return env
 
 
-def build_task_spec(pod: Pod, container: Container, ctx: PodContext, attempt: int) -> TaskSpec:
+def build_task_spec(
+    pod: Pod, container: Container, ctx: PodContext, attempt: int, remote: bool = False
+) -> TaskSpec:
     """Build the runtime's spec for one attempt of one container.
 
     Args:
@@ -100,11 +111,13 @@ def build_task_spec(pod: Pod, container: Container, ctx: PodContext, attempt: in
         container: one of its init or app containers.
         ctx: where it runs.
         attempt: 0 for the first start, one more per restart.
+        remote: the runtime runs it on another device (capability ``remote``): no agent
+            ``PATH``, ``HOME`` or working directory, the device's own apply.
 
     Returns:
         The task spec; its log goes to ``<ctx.log_dir>/<container>/<attempt>.log``.
     """
-    env = container_env(pod, container, ctx)
+    env = container_env(pod, container, ctx, remote)
     command = tuple(expand_vars(a, env) for a in container.command)
     args = tuple(expand_vars(a, env) for a in container.args)
     security = container.security_context
@@ -117,7 +130,8 @@ def build_task_spec(pod: Pod, container: Container, ctx: PodContext, attempt: in
         image=container.image,
         argv=(*command, *args),
         env=env,
-        working_dir=container.working_dir or (None if container.image else str(ctx.work_dir)),
+        working_dir=container.working_dir
+        or (None if container.image or remote else str(ctx.work_dir)),
         limits=ResourceLimits(
             cpu_millis=container.limits.cpu_millis, memory_bytes=container.limits.memory_bytes
         ),

@@ -23,7 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from agent.errors import LocalError
-from agent.identity import NODE_ID_URI_PREFIX, certificate_fingerprint, node_id_from_certificate
+from agent.identity import (
+    NODE_ID_URI_PREFIX,
+    certificate_fingerprint,
+    node_id_from_certificate,
+    verify_self_signed,
+)
 from agent.store import Store, StoredPeer
 
 __all__ = ["SOURCES", "InvalidCertificateError", "Peer", "TrustListener", "TrustStore"]
@@ -75,7 +80,7 @@ def _validate(cert: x509.Certificate) -> str:
     except ValueError as err:
         raise InvalidCertificateError(f"not a node certificate: {err}") from err
     try:
-        cert.verify_directly_issued_by(cert)
+        verify_self_signed(cert)
     except (ValueError, TypeError, InvalidSignature) as err:
         reason = str(err) or "signature does not verify with the certificate's own key"
         raise InvalidCertificateError(

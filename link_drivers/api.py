@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib.metadata
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from agent.errors import ConfigError
@@ -139,6 +140,19 @@ class DatagramChannel(abc.ABC):
         Raises:
             LocalError: the channel was closed.
         """
+
+    def set_receiver(self, receiver: Callable[[list[bytes]], None] | None) -> bool:
+        """Hand received datagrams to ``receiver`` instead of queueing them for :meth:`receive`
+        (optional: it saves a task wake-up per datagram).
+
+        ``receiver`` is called in the event loop with the datagrams that arrived together, in
+        order, each of at most ``info.mtu`` bytes, and must not block; those already queued
+        go to it at once. None goes back to queueing.
+
+        Returns:
+            False when the channel cannot (this default): use :meth:`receive`.
+        """
+        return False
 
     @abc.abstractmethod
     async def aclose(self) -> None:

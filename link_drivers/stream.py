@@ -1,8 +1,19 @@
 """ArqStream: the asyncio adapter that runs an :class:`ArqSession` over a datagram channel.
 
-A thin layer, as STYLE.md item 1 asks: one reader task feeds received datagrams into the session,
-one writer task sends what ``frames_to_send`` returns, and a single ``loop.call_at`` timer follows
-``get_timer``. All protocol decisions live in the sans-IO session.
+A thin layer, as STYLE.md item 1 asks; all protocol decisions live in the sans-IO session.
+
+* Received datagrams go into the session as the channel hands them over (``set_receiver``: a
+  whole batch at a time, in the loop's I/O callback), or through a reader task for channels that
+  only offer ``receive``; the session's answer to a batch is sent at once.
+* A message goes out from :meth:`ArqStream.send` itself, in the caller's task, when the window
+  allows: no task is woken to send it.
+* One ``loop.call_at`` timer follows ``get_timer``; it is moved only when the deadline comes
+  earlier (one that fires early re-arms itself), so a deadline that moves on with every ACK
+  costs nothing. The timer callback sends what fell due itself.
+
+Datagrams are handed to ``channel.send`` synchronously: every driver here queues a datagram and
+returns without waiting, so its coroutine finishes in one step. A channel whose ``send`` does
+wait has the rest of that call, and the datagrams after it, finished by a writer task, in order.
 """
 
 from __future__ import annotations
@@ -12,10 +23,12 @@ import collections
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from types import TracebackType
 
 from agent.errors import LocalError
+from agent.stepping import Rest, step
 from link_drivers._log import LinkLog
 from link_drivers.api import DatagramChannel, LinkMetrics, ReliableStream
 from link_drivers.arq import (
@@ -36,7 +49,7 @@ log = logging.getLogger(__name__)
 class ArqStream(ReliableStream):
     """Reliable ordered messages over an unreliable :class:`DatagramChannel`.
 
-    Use as an async context manager (it owns its two tasks)::
+    Use as an async context manager (it owns its tasks)::
 
         async with ArqStream(channel) as stream:
             async with asyncio.timeout(10):
@@ -79,13 +92,17 @@ class ArqStream(ReliableStream):
         # Messages in order; None marks a session reset at its place in the sequence, so that
         # messages of the new session are never read before the reset is reported.
         self._inbox: collections.deque[bytes | None] = collections.deque()
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Event()
+        self._progress = asyncio.Event()  # input arrived: receivers and blocked senders look
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._timer_fired = False
+        self._timer_at = 0.0  # when the armed timer fires, seconds of loop time
+        # A channel send that waited: its rest, then the datagrams behind it (writer task).
+        self._stalled: Rest | None = None
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._broken: str | None = None
         self._closed = False
         self.up = False
 
@@ -104,13 +121,12 @@ class ArqStream(ReliableStream):
         await self.aclose()
 
     def start(self) -> None:
-        """Start the reader and writer tasks (called by ``async with``)."""
+        """Start receiving and send the first HELLO (called by ``async with``)."""
         self._loop = asyncio.get_running_loop()
-        self._tasks = [
-            asyncio.create_task(self._reader(), name="arq-reader"),
-            asyncio.create_task(self._writer(), name="arq-writer"),
-        ]
-        self._wake.set()
+        self._resolution = time.get_clock_info("monotonic").resolution
+        self._push()
+        if not self.channel.set_receiver(self._on_datagrams):
+            self._tasks.append(asyncio.create_task(self._reader(), name="arq-reader"))
 
     async def aclose(self) -> None:
         """Stop the session and its tasks; idempotent; the channel stays open."""
@@ -118,6 +134,7 @@ class ArqStream(ReliableStream):
             return
         self._closed = True
         self.session.close()
+        self.channel.set_receiver(None)
         if self._timer is not None:
             self._timer.cancel()
         for t in self._tasks:
@@ -151,20 +168,29 @@ class ArqStream(ReliableStream):
         await self._connected.wait()
 
     async def send(self, message: bytes) -> None:
-        """Queue one message (see :meth:`ReliableStream.send`)."""
+        """Queue one message (see :meth:`ReliableStream.send`); what the window allows is on the
+        channel when this returns. Cancelled while waiting for room, nothing was queued.
+
+        Raises:
+            LocalError: the stream is closed or broke (its channel closed).
+        """
         while self.session.send_buffered > self.high_water:
             self._check_open()
             self._progress.clear()
             await self._progress.wait()
         self._check_open()
-        self.session.send(message)
-        self._wake.set()
+        session = self.session
+        waiting = session.send_queued  # then an ACK or the timer sends, not this call
+        session.send(message)
+        if not waiting:
+            self._push()
+            self._check_open()  # the channel refused the datagrams: the stream broke
 
     async def receive(self) -> bytes:
         """Next message in order (see :meth:`ReliableStream.receive`).
 
         Raises:
-            LocalError: the stream was closed, or (once per reset) the peer restarted.
+            LocalError: the stream was closed or broke, or (once per reset) the peer restarted.
         """
         while True:
             if self._inbox:
@@ -172,8 +198,8 @@ class ArqStream(ReliableStream):
                 if msg is None:
                     self.resets_reported += 1
                     raise LocalError("ARQ session was reset (peer restarted); messages were lost")
-                self.session.consumed(len(msg))
-                self._wake.set()
+                if self.session.consumed(len(msg)):
+                    self._push()  # a window update is due
                 return msg
             self._check_open()
             self._progress.clear()
@@ -189,17 +215,44 @@ class ArqStream(ReliableStream):
     def _check_open(self) -> None:
         if self._closed:
             raise LocalError("ARQ stream is closed")
+        if self._broken is not None:
+            raise LocalError(f"ARQ stream broke: {self._broken}")
+
+    def _fail(self, err: LocalError) -> None:
+        """The channel failed (closed under us): stop, and tell every waiter."""
+        if self._broken is None:
+            self._broken = str(err)
+            self._log.warning("channel failed: %s", err)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self._progress.set()
 
     # ----------------------------------------------------------------- machinery
 
     async def _reader(self) -> None:
-        while True:
-            datagram = await self.channel.receive()
-            self.session.receive_frame(datagram, self._loop.time())
+        receive, session, loop = self.channel.receive, self.session, self._loop
+        while self._broken is None:
+            try:
+                datagram = await receive()
+            except LocalError as err:
+                self._fail(err)
+                return
+            session.receive_frame(datagram, loop.time())
             self._after_input()
+            self._push()
+
+    def _on_datagrams(self, datagrams: list[bytes]) -> None:
+        session = self.session
+        now = self._loop.time()
+        for datagram in datagrams:
+            session.receive_frame(datagram, now)
+        self._after_input()
+        self._push()
 
     def _after_input(self) -> None:
-        while (ev := self.session.next_event()) is not None:
+        session = self.session
+        while (ev := session.next_event()) is not None:
             if isinstance(ev, MessageReceived):
                 self._inbox.append(ev.data)
             elif isinstance(ev, Connected | LinkUp):
@@ -210,7 +263,6 @@ class ArqStream(ReliableStream):
             elif isinstance(ev, SessionReset):
                 self._inbox.append(None)
         self._progress.set()
-        self._wake.set()
 
     def _set_up(self, up: bool) -> None:
         if up != self.up:
@@ -218,35 +270,68 @@ class ArqStream(ReliableStream):
             if self._on_link is not None:
                 self._on_link(up)
 
+    def _push(self) -> None:
+        """Hand every datagram the session releases now to the channel, then follow its timer.
+
+        Raises nothing: a channel that refuses datagrams (closed) breaks the stream.
+        """
+        if self._broken is not None:
+            return
+        if self._stalled is not None:
+            self._wake.set()  # the writer sends in order once the waiting send is done
+            return
+        send = self.channel.send
+        datagrams = self.session.frames_to_send(self._loop.time())
+        try:
+            for i, datagram in enumerate(datagrams):
+                rest = step(send(datagram))
+                if rest is None:
+                    continue
+                self._stalled = rest
+                self._backlog.extend(datagrams[i + 1 :])
+                if self._writer_task is None:
+                    self._writer_task = asyncio.create_task(self._writer(), name="arq-writer")
+                    self._tasks.append(self._writer_task)
+                self._wake.set()
+                return
+        except LocalError as err:
+            self._fail(err)
+            return
+        self._arm()
+
     async def _writer(self) -> None:
+        """Finish channel sends that waited, in order, then go back to sending at once."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            now = self._loop.time()
-            if self._timer_fired and self._timer_at is not None:
-                # call_at may fire up to one clock resolution early: use the deadline itself.
-                now = max(now, self._timer_at)
-                self._timer_fired = False
-                self._timer_at = None
-                self.session.handle_timer(now)
-                self._after_input()
-                self._wake.clear()
-            for datagram in self.session.frames_to_send(now):
-                await self.channel.send(datagram)
-            self._arm()
+            try:
+                while (stalled := self._stalled) is not None:
+                    await stalled
+                    while self._backlog:
+                        await self.channel.send(self._backlog.popleft())
+                    self._stalled = None
+                    self._push()
+            except LocalError as err:
+                self._fail(err)
+                return
 
     def _arm(self) -> None:
         at = self.session.get_timer()
-        if at == self._timer_at:
-            return
+        if at is None or (self._timer is not None and self._timer_at <= at):
+            return  # an earlier timer fires first and re-arms (or finds nothing to do)
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = at
-        if at is not None:
-            self._timer = self._loop.call_at(at, self._on_timer)
+        self._timer = self._loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._timer_fired = True
-        self._wake.set()
+        at = self.session.get_timer()
+        if at is None:
+            return
+        now = self._loop.time()
+        if at <= now + self._resolution:
+            # call_at may fire up to one clock resolution early: use the deadline itself.
+            self.session.handle_timer(max(now, at))
+            self._after_input()
+        self._push()

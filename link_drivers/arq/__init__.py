@@ -4,7 +4,7 @@ Start with :class:`ArqSession` and :class:`ArqConfig`; :mod:`~link_drivers.arq.s
 sessions on a simulated line with a fake clock.
 """
 
-from link_drivers.arq.config import ArqConfig, window_for_link
+from link_drivers.arq.config import ArqConfig, ack_delay_for_link, window_for_link
 from link_drivers.arq.events import (
     ArqEvent,
     Connected,
@@ -28,5 +28,6 @@ __all__ = [
     "MessageReceived",
     "SessionReset",
     "State",
+    "ack_delay_for_link",
     "window_for_link",
 ]

@@ -20,10 +20,32 @@ from agent.errors import ConfigError
 from link_drivers.api import LinkInfo
 from link_drivers.arq.packets import ACK_HEADER, DATA_HEADER, MAX_SACK_BITS
 
-__all__ = ["ArqConfig", "window_for_link"]
+__all__ = ["ACK_DELAY", "ArqConfig", "ack_delay_for_link", "window_for_link"]
 
 MIN_WINDOW = 4
+ACK_DELAY = 0.005  # seconds: the delayed-acknowledgement bound on fast links
 ACK_TYPICAL = ACK_HEADER + 2  # an ACK with a short SACK bitmap, in bytes
+
+
+def ack_delay_for_link(byte_rate: float | None, mtu: int, frame_overhead: int = 0) -> float:
+    """Return the delayed-acknowledgement time for a link, seconds.
+
+    :data:`ACK_DELAY` (5 ms) when a full frame takes at most a quarter of it on the line
+    (``airtime(mtu) <= 1.25 ms``: about 8 Mbit/s for 1200-byte frames), so that the next frame
+    of a stream arrives while the acknowledgement waits and a request's answer can carry it
+    (RFC 9000 13.2.1 acknowledges every second packet with a 25 ms bound; RFC 5681 4.2 says
+    at most 500 ms). 0 (acknowledge every frame at once) on slower links: there the next frame
+    comes too late to share an acknowledgement, and delayed ones would only hold the sender
+    back and spoil its RTT samples.
+
+    Args:
+        byte_rate: line bytes per second, or None for an unpaced link.
+        mtu: packet size in bytes.
+        frame_overhead: line bytes framing adds per packet.
+    """
+    if byte_rate and (mtu + frame_overhead) / byte_rate > ACK_DELAY / 4:
+        return 0.0
+    return ACK_DELAY
 
 
 def window_for_link(
@@ -83,6 +105,11 @@ class ArqConfig:
         dupthresh: a frame is lost once a frame sent this many transmissions after it is acked
             (1 on a FIFO link such as a UART; raise it for links that reorder).
         processing: round-trip allowance for host and device latency, seconds (window sizing).
+        ack_every: acknowledge at once when this many DATA frames arrived since the last
+            acknowledgement, 1..64 (1: every frame).
+        ack_delay: otherwise hold the acknowledgement at most this long, seconds, waiting for
+            another frame or for reverse data to ride on (0: at once); must stay under
+            ``min_rto / 2``. :meth:`for_link` sets both from :func:`ack_delay_for_link`.
     """
 
     mtu: int = 256
@@ -103,6 +130,8 @@ class ArqConfig:
     rx_buffer: int = 65536
     dupthresh: int = 1
     processing: float = 0.1
+    ack_every: int = 1
+    ack_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mtu <= DATA_HEADER or self.mtu > 0xFFFF:
@@ -135,6 +164,13 @@ class ArqConfig:
             set_(self, "max_burst", max(0.25, 4 * air))
         if self.min_rto > self.max_rto:
             set_(self, "max_rto", self.min_rto)
+        if not 1 <= self.ack_every <= MAX_SACK_BITS:
+            raise ConfigError(f"ack_every must be 1..{MAX_SACK_BITS} frames, got {self.ack_every}")
+        if not 0 <= self.ack_delay < self.min_rto / 2:
+            raise ConfigError(
+                f"ack_delay must be in [0, min_rto / 2 = {self.min_rto / 2:g}) s, "
+                f"got {self.ack_delay}"
+            )
 
     @classmethod
     def for_link(cls, info: LinkInfo, **overrides: float | int | bool | None) -> ArqConfig:
@@ -146,7 +182,8 @@ class ArqConfig:
             **overrides: any :class:`ArqConfig` field.
 
         Returns:
-            The config; ``byte_rate = info.bitrate / 8``.
+            The config; ``byte_rate = info.bitrate / 8``, ``ack_every = 2`` and ``ack_delay``
+            from :func:`ack_delay_for_link`.
 
         Raises:
             ConfigError: a value is out of range.
@@ -158,6 +195,8 @@ class ArqConfig:
             "half_duplex": info.half_duplex,
             "turnaround": info.turnaround,
             "duty_cycle": info.duty_cycle,
+            "ack_every": 2,
+            "ack_delay": ack_delay_for_link(info.bitrate / 8, info.mtu, info.frame_overhead),
         }
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]

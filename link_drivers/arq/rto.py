@@ -39,6 +39,9 @@ class RtoEstimator:
         self.granularity = granularity
         self.srtt: float | None = None
         self.rttvar: float = 0.0
+        self.min_rtt: float | None = None
+        """The smallest sample so far, seconds (RFC 8985 uses it to spot spurious
+        retransmissions)."""
         self._base = self._clamp(initial_rto)
         self._backoff = 1
 
@@ -64,6 +67,8 @@ class RtoEstimator:
             rtt: seconds between sending a frame and receiving its acknowledgement (>= 0).
         """
         rtt = max(0.0, rtt)
+        if self.min_rtt is None or rtt < self.min_rtt:
+            self.min_rtt = rtt
         if self.srtt is None:
             self.srtt = rtt
             self.rttvar = rtt / 2

@@ -10,7 +10,10 @@ thread or sleep lives here: every method takes ``now`` (seconds, any monotonic o
 What it does (details in docs/links.md):
 
 * handshake with 32-bit session ids; a peer restart shows as a new id and resets both ends;
-* fragmentation into ``mtu - 4`` byte fragments and in-order reassembly;
+* fragmentation into ``mtu - 4`` byte fragments, small messages packed several to a frame, and
+  in-order reassembly;
+* delayed acknowledgements (at once every ``ack_every`` frames, on a gap, a duplicate or the end
+  of a half-duplex burst; otherwise after at most ``ack_delay``) that ride on reverse DATA;
 * selective repeat with cumulative + SACK bitmap acks, RACK-style loss detection
   (:mod:`~link_drivers.arq.window`) and an RFC 6298 retransmission timer with Karn's rule and
   exponential backoff (:mod:`~link_drivers.arq.rto`);
@@ -26,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import random
 
 from agent.errors import LocalProtocolError, RemoteProtocolError
@@ -46,6 +50,7 @@ from link_drivers.arq.packets import (
     Hello,
     Packet,
     Ping,
+    ack_block_size,
     decode_packet,
     encode_packet,
     session_tag,
@@ -71,6 +76,8 @@ class ArqStats:
         retransmissions: DATA frames transmitted again.
         timeouts: retransmission timer expiries (RFC 6298 (5.4)).
         acks_sent: ACK frames transmitted.
+        acks_piggybacked: acknowledgements sent in a DATA frame instead of an ACK frame.
+        acks_delayed: acknowledgements sent when the delayed-ACK timer expired.
         pings_sent: PING frames transmitted.
         hellos_sent: HELLO frames transmitted.
         frames_received: packets received with a valid format.
@@ -89,6 +96,8 @@ class ArqStats:
     retransmissions: int = 0
     timeouts: int = 0
     acks_sent: int = 0
+    acks_piggybacked: int = 0
+    acks_delayed: int = 0
     pings_sent: int = 0
     hellos_sent: int = 0
     frames_received: int = 0
@@ -143,12 +152,18 @@ class ArqSession:
         self._recv = ReceiveWindow(0, config.max_message)
         self._peer_rwnd = 1
         self._rx_pending = 0
-        self._adv_rwnd = 0
+        # Frames announced in HELLO: no more than rx_buffer holds, or the peer would send
+        # frames beyond the first window update that this side then has to drop.
+        self._rx_window = min(config.window, max(1, config.rx_buffer // (config.mtu - DATA_HEADER)))
+        self._adv_rwnd = self._rx_window  # the receive window last announced
         # Timers and flags.
         self._hello_due: float | None = None
         self._hello_interval = config.initial_rto
         self._hello_reply = False
-        self._ack_due = False
+        self._ack_due = False  # an acknowledgement goes out at the next transmission
+        self._ack_pending = 0  # DATA frames received since the last acknowledgement
+        self._ack_deadline: float | None = None  # delayed acknowledgement due then
+        self._ack_delayed = False  # the pending acknowledgement was held by the delay timer
         self._ping_due = False
         self._rto_deadline: float | None = None
         self._last_rx = 0.0
@@ -169,6 +184,12 @@ class ArqSession:
     def send_buffered(self) -> int:
         """Payload bytes queued or in flight and not yet acknowledged."""
         return self._send.unacked_bytes
+
+    @property
+    def send_queued(self) -> bool:
+        """True while a queued message waits for its first frame (the window or the line is
+        full): output is due again only when an acknowledgement or a timer comes."""
+        return self._send.has_queued()
 
     @property
     def tx_window(self) -> int:
@@ -211,15 +232,20 @@ class ArqSession:
         """
         return self._events.popleft() if self._events else None
 
-    def consumed(self, nbytes: int) -> None:
+    def consumed(self, nbytes: int) -> bool:
         """Release ``nbytes`` of delivered message bytes the user has processed.
 
         Args:
             nbytes: bytes of messages taken from :class:`MessageReceived` events.
+
+        Returns:
+            True when this made a window update due: call :meth:`frames_to_send` soon.
         """
         self._rx_pending = max(0, self._rx_pending - nbytes)
-        if self._adv_rwnd * 2 < self.config.window <= self._rwnd() * 2:
-            self._ack_due = True  # window update once the reader caught up
+        if self._adv_rwnd * 2 < self._rx_window <= self._rwnd() * 2 and not self._ack_due:
+            self._ack_now()  # window update once the reader caught up
+            return True
+        return False
 
     # ------------------------------------------------------------------ input
 
@@ -267,11 +293,13 @@ class ArqSession:
         if self.config.half_duplex:
             self._peer_turn(pkt.more, now)
         if isinstance(pkt, Data):
+            if pkt.ack is not None:
+                self._on_ack(pkt.ack, now)
             self._on_data(pkt, now)
         elif isinstance(pkt, Ack):
             self._on_ack(pkt, now)
         else:
-            self._ack_due = True  # a PING is answered with an ACK
+            self._ack_now()  # a PING is answered with an ACK
 
     def _on_hello(self, h: Hello, now: float) -> None:
         if h.my_sid in self._retired:
@@ -334,9 +362,23 @@ class ArqSession:
             self._medium_free_at = now + self.config.turnaround
 
     def _on_data(self, d: Data, now: float) -> None:
-        self._ack_due = True
+        recv = self._recv
+        in_order = d.seq == recv.next and not recv.has_gap()
         done: list[bytes] = []
-        verdict = self._recv.on_data(d, self._rwnd(), done)
+        verdict = recv.on_data(d, self._rwnd(), done)
+        self._ack_pending += 1
+        if (
+            not in_order
+            or verdict is not RxVerdict.ACCEPTED
+            or self._ack_pending >= self.config.ack_every
+            or not self.config.ack_delay
+            or (self.config.half_duplex and not d.more)
+        ):
+            # RFC 5681 4.2 / RFC 9000 13.2.1: acknowledge at once every second frame, on
+            # reordering, a gap or a duplicate; here also at the end of a half-duplex burst.
+            self._ack_now()
+        elif self._ack_deadline is None:
+            self._ack_deadline = now + self.config.ack_delay
         for msg in done:
             self._rx_pending += len(msg)
             self.stats.bytes_delivered += len(msg)
@@ -353,16 +395,17 @@ class ArqSession:
             self.peer_sid = 0
 
     def _on_ack(self, a: Ack, now: float) -> None:
-        newly = self._send.on_ack(a, self.config.dupthresh)
+        newly = self._send.on_ack(a, self.config.dupthresh, now, self.rto.min_rtt)
         if newly is None:
             return
         self._peer_rwnd = min(a.rwnd, self._tx_window)
         if not newly:
             return
         self.stats.bytes_acked += sum(len(f.payload) for f in newly)
-        fresh = [f for f in newly if f.retx == 0]
-        if fresh:  # Karn's rule: only frames sent once give an RTT sample
-            self.rto.sample(now - max(fresh, key=lambda f: f.order).sent_at)
+        if not a.delayed:  # a delayed ACK's time says more about the timer than the path
+            fresh = [f for f in newly if f.retx == 0]
+            if fresh:  # Karn's rule: only frames sent once give an RTT sample
+                self.rto.sample(now - max(fresh, key=lambda f: f.order).sent_at)
         # RFC 6298 (5.2)/(5.3): stop the timer when all is acked, else restart it.
         self._rto_deadline = now + self.rto.rto if self._send.has_outstanding() else None
 
@@ -373,22 +416,23 @@ class ArqSession:
 
         The deadline may be in the past: call ``handle_timer`` and ``frames_to_send`` at once.
         """
-        if self.state is State.CLOSED:
+        state = self.state
+        if state is State.CLOSED:
             return None
-        cands: list[float] = []
-        if self._has_work():
-            cands.append(self._gate_time())
-        if self.state is State.CONNECTING:
+        at = self._gate_time() if self._has_work() else math.inf
+        if state is State.CONNECTING:
             if self._hello_due is not None:  # None: due now, covered by the gate above
-                cands.append(self._hello_due)
-        else:
-            if not self._ping_due:  # a due PING waits for the gate above
-                cands.append(self._ping_deadline())
-            if self.state is State.ESTABLISHED:
-                cands.append(self._last_rx + self.config.dead_interval)
-                if self._rto_deadline is not None:
-                    cands.append(self._rto_deadline)
-        return min(cands)
+                at = min(at, self._hello_due)
+            return at if at < math.inf else None
+        if not self._ping_due:  # a due PING waits for the gate above
+            at = min(at, self._ping_deadline())
+        if self._ack_deadline is not None:
+            at = min(at, self._ack_deadline)
+        if state is State.ESTABLISHED:
+            at = min(at, self._last_rx + self.config.dead_interval)
+            if self._rto_deadline is not None:
+                at = min(at, self._rto_deadline)
+        return at if at < math.inf else None
 
     def handle_timer(self, now: float) -> None:
         """Process the timers due at ``now`` (seconds); call :meth:`frames_to_send` after it."""
@@ -404,6 +448,9 @@ class ArqSession:
             self._ping_due = True
         if now >= self._ping_deadline():
             self._ping_due = True
+        if self._ack_deadline is not None and now >= self._ack_deadline:
+            self._ack_due = self._ack_delayed = True
+            self._ack_deadline = None
         if (
             self.state is State.ESTABLISHED
             and self._rto_deadline is not None
@@ -414,7 +461,7 @@ class ArqSession:
             self.stats.timeouts += 1
             first = self._send.earliest_outstanding()
             if first is not None:
-                first.lost = True
+                self._send.mark_lost(first)
             self.rto.on_timeout()
             self._rto_deadline = None
 
@@ -513,7 +560,8 @@ class ArqSession:
         return self._peer_rwnd == 0 and self._send.has_queued() and not self._send.inflight
 
     def _next_packet(self, now: float) -> Packet | None:
-        """Pick the next packet by priority: HELLO, ACK, PING, retransmission, new data."""
+        """Pick the next packet by priority: HELLO, ACK (on DATA when some is ready), PING,
+        retransmission, new data (with a pending acknowledgement riding along)."""
         if self._hello_reply or (
             self.state is State.CONNECTING and (self._hello_due is None or self._hello_due <= now)
         ):
@@ -521,9 +569,11 @@ class ArqSession:
         if self.state is State.CONNECTING:
             return None
         if self._ack_due:
-            self._ack_due = False
-            self._adv_rwnd = self._rwnd()
-            return Ack(self._tx_tag, self._recv.next, min(self._adv_rwnd, 255), self._sack())
+            data = None if self.state is State.DOWN else self._next_data(now, with_ack=True)
+            if data is not None:
+                return data
+            self.stats.acks_sent += 1
+            return self._make_ack()
         if self._ping_due:
             self._ping_due = False
             self._last_ping = now
@@ -531,21 +581,60 @@ class ArqSession:
             return Ping(self._tx_tag)
         if self.state is State.DOWN:
             return None
-        frame = self._send.next_lost()
-        if frame is None and self._may_send_new():
-            frame = self._send.take_new(self._tx_payload)
-        if frame is None:
+        return self._next_data(now, with_ack=self._ack_pending > 0)
+
+    def _next_data(self, now: float, *, with_ack: bool) -> Data | None:
+        """The next DATA frame (a retransmission first), carrying the pending acknowledgement
+        when ``with_ack`` and it fits the peer's MTU; None when no frame may go now."""
+        send = self._send
+        frame = send.next_lost()
+        if frame is None and not self._may_send_new():
             return None
+        extra = ack_block_size(self._recv.sack_bitmap()) if with_ack else 0
+        if frame is None:
+            if extra >= self._tx_payload:  # a tiny MTU: no room for an ack block
+                if self._ack_due:
+                    return None  # the ACK goes alone first
+                extra = 0
+            frame = send.take_new(self._tx_payload - extra)
+        elif extra and len(frame.payload) + extra > self._tx_payload:
+            if self._ack_due:
+                return None  # the ACK goes alone first
+            extra = 0
         if frame.order:  # sent before: this is a retransmission
             self.stats.retransmissions += 1
-        self._send.mark_sent(frame, now)
+        send.mark_sent(frame, now)
         self.stats.data_sent += 1
         if self._rto_deadline is None:  # RFC 6298 (5.1)
             self._rto_deadline = now + self.rto.rto
-        return Data(self._tx_tag, frame.seq, frame.payload, frame.end)
+        ack = None
+        if extra:
+            self.stats.acks_piggybacked += 1
+            ack = self._make_ack()
+        return Data(self._tx_tag, frame.seq, frame.payload, frame.end, packed=frame.packed, ack=ack)
+
+    def _make_ack(self) -> Ack:
+        """The acknowledgement of everything received; clears the pending one."""
+        delayed = self._ack_delayed
+        if delayed:
+            self.stats.acks_delayed += 1
+        self._ack_due = self._ack_delayed = False
+        self._ack_pending = 0
+        self._ack_deadline = None
+        self._adv_rwnd = self._rwnd()
+        return Ack(
+            self._tx_tag, self._recv.next, min(self._adv_rwnd, 255), self._sack(), delayed=delayed
+        )
+
+    def _ack_now(self) -> None:
+        """Make the pending acknowledgement due at once (not a delayed one)."""
+        self._ack_due = True
+        self._ack_delayed = False
+        self._ack_deadline = None
 
     def _make_hello(self, now: float) -> Hello:
         self._hello_reply = False
+        self._adv_rwnd = self._rx_window
         self._last_hello_sent = now
         if self.state is State.CONNECTING:
             # Random jitter (0.75..1.25) so that two radios which collided do not retry in step.
@@ -556,15 +645,13 @@ class ArqSession:
             my_sid=self._sid,
             your_sid=self.peer_sid,
             isn=self._send.una,
-            window=self.config.window,
+            window=self._adv_rwnd,
             mtu=self.config.mtu,
             established=self.state is not State.CONNECTING,
         )
 
     def _emit(self, pkt: Packet, now: float) -> bytes:
         raw = encode_packet(pkt)
-        if isinstance(pkt, Ack):
-            self.stats.acks_sent += 1
         air = self.config.airtime(len(raw)) / self.config.duty_cycle
         self._line_free_at = max(now, self._line_free_at) + air
         self.stats.tx_bytes += len(raw)
@@ -576,7 +663,7 @@ class ArqSession:
         free = self.config.rx_buffer - self._rx_pending
         if free <= 0:
             return 0
-        return min(self.config.window, max(1, free // (self.config.mtu - DATA_HEADER)))
+        return min(self._rx_window, max(1, free // (self.config.mtu - DATA_HEADER)))
 
     def _sack(self) -> int:
         return self._recv.sack_bitmap()
@@ -589,7 +676,9 @@ class ArqSession:
         self._send = SendWindow(self._new_isn())
         self._recv = ReceiveWindow(0, self.config.max_message)
         self._rto_deadline = None
-        self._ack_due = self._ping_due = False
+        self._ack_due = self._ping_due = self._ack_delayed = False
+        self._ack_pending = 0
+        self._ack_deadline = None
         self._hello_due = None
         self._hello_interval = self.config.initial_rto
         self.rto.reset_backoff()

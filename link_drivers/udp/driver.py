@@ -7,8 +7,10 @@ channel that :meth:`UdpDriver.accept` hands out, so a listener takes the session
 
 Memory stays bounded whatever arrives: each channel queues at most ``queue`` datagrams (more are
 dropped and counted in ``rejected_frames``), at most :data:`ACCEPT_BACKLOG` unaccepted channels
-exist at once, and sends are dropped while asyncio holds more than its high-water mark
-(64 KiB) of unsent data for a socket. Reliability comes from
+exist at once, and a datagram the socket's send buffer cannot take at once is dropped.
+Datagrams that arrive together (:data:`~link_drivers.udp.endpoint.READ_BATCH` per socket wake-up
+at most) reach a channel in one batch, queued or handed to its receiver
+(:meth:`UdpChannel.set_receiver`). Reliability comes from
 :class:`link_drivers.stream.ArqStream` on top.
 """
 
@@ -22,7 +24,7 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
@@ -56,7 +58,7 @@ class UdpStats:
     Attributes:
         errors: ICMP and socket errors reported (port unreachable, firewall EPERM, ...).
         send_dropped: datagrams not sent: no socket for the peer's interface and family, or the
-            socket's asyncio buffer was full.
+            socket's send buffer was full.
         unknown_dropped: datagrams from unknown peers dropped because the accept backlog was full
             or the datagram exceeded the MTU.
     """
@@ -84,6 +86,7 @@ class UdpChannel(DatagramChannel):
         self._metrics = LinkMetrics()
         self._rx: collections.deque[bytes] = collections.deque()
         self._rx_ready = asyncio.Event()
+        self._receiver: Callable[[list[bytes]], None] | None = None
         self._overflow = 0
         self._closed = False
         self._log = LinkLog(log, link="udp", peer=str(peer))
@@ -133,6 +136,20 @@ class UdpChannel(DatagramChannel):
             await self._rx_ready.wait()
         return self._rx.popleft()
 
+    def set_receiver(self, receiver: Callable[[list[bytes]], None] | None) -> bool:
+        """Hand received datagrams to ``receiver`` as they arrive (see
+        :meth:`DatagramChannel.set_receiver`); datagrams already queued go to it at once.
+
+        Returns:
+            True: UDP channels support it.
+        """
+        self._receiver = receiver
+        if receiver is not None and self._rx:
+            queued = list(self._rx)
+            self._rx.clear()
+            receiver(queued)
+        return True
+
     async def aclose(self) -> None:
         """Close the channel and drop it from the driver; readers get :class:`LocalError`.
 
@@ -145,38 +162,50 @@ class UdpChannel(DatagramChannel):
         if self._closed:
             return
         self._closed = True
+        self._receiver = None
         self._rx.clear()
         self._rx_ready.set()
         self._driver.forget(self)
 
-    def deliver(self, data: bytes) -> None:
-        """Queue one received datagram (called by the driver).
+    def deliver(self, datagrams: list[bytes]) -> None:
+        """Take datagrams that arrived together (called by the driver): to the receiver, if one
+        is set, else into the queue for :meth:`receive`.
 
         Oversize datagrams and datagrams beyond the queue limit are dropped and counted in
         ``rejected_frames``; the first drop of a burst is logged (WARNING the first time).
         """
         m = self._metrics
-        m.rx_bytes += len(data)
         self._log.clear("icmp")
-        if len(data) > self._mtu:
-            m.rejected_frames += 1
-            self._log.warn_once(
-                "oversize", "dropped a %d-byte datagram (MTU %d)", len(data), self._mtu
-            )
-            return
-        if len(self._rx) >= self._limit:
-            m.rejected_frames += 1
-            if not self._overflow:
+        good: list[bytes] = []
+        for data in datagrams:
+            m.rx_bytes += len(data)
+            if len(data) > self._mtu:
+                m.rejected_frames += 1
                 self._log.warn_once(
-                    "overflow", "receive queue full (%d datagrams): dropping", self._limit
+                    "oversize", "dropped a %d-byte datagram (MTU %d)", len(data), self._mtu
                 )
-            self._overflow += 1
+            else:
+                good.append(data)
+        if not good:
             return
-        if self._overflow:
-            self._log.debug("receive queue overflow over: %d datagrams dropped", self._overflow)
-            self._overflow = 0
-        m.rx_frames += 1
-        self._rx.append(data)
+        if self._receiver is not None:
+            m.rx_frames += len(good)
+            self._receiver(good)
+            return
+        for data in good:
+            if len(self._rx) >= self._limit:
+                m.rejected_frames += 1
+                if not self._overflow:
+                    self._log.warn_once(
+                        "overflow", "receive queue full (%d datagrams): dropping", self._limit
+                    )
+                self._overflow += 1
+                continue
+            if self._overflow:
+                self._log.debug("receive queue overflow over: %d datagrams dropped", self._overflow)
+                self._overflow = 0
+            m.rx_frames += 1
+            self._rx.append(data)
         self._rx_ready.set()
 
     def report_error(self, err: OSError) -> None:
@@ -350,7 +379,7 @@ class UdpDriver:
                 self._log.info("%s: no usable IPv6 link-local address; IPv6 not bound", interface)
             return None
         ep = await UdpEndpoint.create(
-            sock, interface, self._on_datagram, self._on_error, self._on_lost
+            sock, interface, self._on_datagrams, self._on_error, self._on_lost
         )
         self._lost[ep] = asyncio.get_running_loop().create_future()
         self._endpoints[(interface, family)] = ep
@@ -473,20 +502,37 @@ class UdpDriver:
         if channel in self._backlog:
             self._backlog.remove(channel)
 
-    def _on_datagram(self, ep: UdpEndpoint, data: bytes, addr: Addr) -> None:
+    def _on_datagrams(self, ep: UdpEndpoint, batch: list[tuple[bytes, Addr]]) -> None:
+        if len(batch) == 1:  # the common case: no grouping
+            data, addr = batch[0]
+            ch = self._channel_for(ep, addr, data)
+            if ch is not None:
+                ch.deliver([data])
+            return
+        groups: dict[UdpChannel, list[bytes]] = {}
+        for data, addr in batch:
+            ch = self._channel_for(ep, addr, data)
+            if ch is not None:
+                groups.setdefault(ch, []).append(data)
+        for ch, datagrams in groups.items():
+            ch.deliver(datagrams)
+
+    def _channel_for(self, ep: UdpEndpoint, addr: Addr, data: bytes) -> UdpChannel | None:
+        """The channel of a datagram's source; a new one in the accept backlog for an unknown
+        peer (None, counted, when the backlog is full or the datagram exceeds the MTU)."""
         key = (ep.interface, _canonical(addr[0]), addr[1])
         ch = self._channels.get(key)
         if ch is None:
             if len(self._backlog) >= ACCEPT_BACKLOG or len(data) > self.config.mtu:
                 self.stats.unknown_dropped += 1
                 self._log.warn_once("backlog", "accept backlog full or oversize: dropped %s", key)
-                return
+                return None
             ch = UdpChannel(self, UdpAddress(key[1], key[2], ep.interface))
             self._channels[key] = ch
             self._backlog.append(ch)
             self._backlog_ready.set()
             self._log.debug("new peer %s", ch.peer)
-        ch.deliver(data)
+        return ch
 
     def _on_error(self, ep: UdpEndpoint, err: OSError, dest: Addr | None) -> None:
         self.stats.errors += 1

@@ -1,14 +1,18 @@
-"""One UDP socket bound to one interface and address family, as an asyncio datagram endpoint.
+"""One UDP socket bound to one interface and address family, read and written by the event loop.
 
-Sockets are made here and handed to ``loop.create_datagram_endpoint(sock=...)``, because asyncio
-cannot set ``SO_BINDTODEVICE`` or bind an IPv6 scope itself.
+Sockets are made here, because asyncio cannot set ``SO_BINDTODEVICE`` or bind an IPv6 scope
+itself. They are driven with ``loop.add_reader`` rather than an asyncio datagram transport: a
+readable socket is drained of up to :data:`READ_BATCH` datagrams at once (asyncio reads one per
+loop iteration), and the batch goes to the owner in one call, so the ARQ above acknowledges a
+burst once. Datagrams are sent with a plain non-blocking ``sendto``; one the kernel cannot take
+at once (a full send buffer) is dropped, as a full NIC queue drops.
 
 ICMP errors. Linux reports ICMP errors (port unreachable, host unreachable) on an unconnected UDP
 socket only with ``IP_RECVERR`` / ``IPV6_RECVERR`` set (ip(7), ipv6(7)). They are set here so the
 driver learns that a peer's port is closed; each error is then queued on the socket's error queue,
-which must be drained with ``MSG_ERRQUEUE``: an undrained queue keeps ``EPOLLERR`` raised (asyncio
-would spin on the socket) and is charged to the receive buffer (it would crowd out data). Every
-error is drained, counted and reported to the owner; nothing closes the endpoint.
+which must be drained with ``MSG_ERRQUEUE``: an undrained queue keeps ``EPOLLERR`` raised (the
+loop would spin on the socket) and is charged to the receive buffer (it would crowd out data).
+Every error is drained, counted and reported to the owner; nothing closes the endpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import psutil
 
@@ -40,8 +44,14 @@ IPV6_RECVERR = 25
 _SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")
 
 Addr = tuple[Any, ...]
-DatagramHandler = Callable[["UdpEndpoint", bytes, Addr], None]
+DatagramsHandler = Callable[["UdpEndpoint", list[tuple[bytes, Addr]]], None]
 ErrorHandler = Callable[["UdpEndpoint", OSError, Addr | None], None]
+
+READ_BATCH = 64
+"""Datagrams read from a socket per readiness event at most (the rest waits for the next loop
+iteration, so one busy peer cannot starve the loop)."""
+MAX_DATAGRAM = 65535
+"""Bytes read per datagram: a larger one than the MTU is read whole and rejected by the driver."""
 
 
 def family_name(family: int) -> str:
@@ -121,23 +131,24 @@ def bind_socket(interface: str, family: int, port: int) -> socket.socket | None:
     return sock
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
-    """The asyncio protocol of one bound socket; reports datagrams and errors to its owner.
+class UdpEndpoint:
+    """One bound socket in the event loop; reports datagrams and errors to its owner.
 
     Args:
         sock: a socket from :func:`bind_socket` (the endpoint owns it from now on).
         interface: the interface the socket is bound to.
-        on_datagram: called with ``(endpoint, data, source address tuple)``.
+        on_datagrams: called with ``(endpoint, [(data, source address tuple), ...])`` for the
+            datagrams read at one readiness event, in arrival order.
         on_error: called with ``(endpoint, error, destination or None)`` for every ICMP or
             socket error; the destination is known for errors read from the error queue.
-        on_lost: called with the endpoint once its transport is gone.
+        on_lost: called (soon, from the loop) with the endpoint once it is closed.
     """
 
     def __init__(
         self,
         sock: socket.socket,
         interface: str,
-        on_datagram: DatagramHandler,
+        on_datagrams: DatagramsHandler,
         on_error: ErrorHandler,
         on_lost: Callable[[UdpEndpoint], None],
     ) -> None:
@@ -147,33 +158,30 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         name = sock.getsockname()
         self.local: Addr = tuple(name)
         self.scope_id: int = name[3] if self.family == socket.AF_INET6 else 0
-        self._on_datagram = on_datagram
+        self._on_datagrams = on_datagrams
         self._on_error = on_error
         self._on_lost = on_lost
         self._log = LinkLog(log, link=f"udp/{interface}/{family_name(self.family)}")
-        self.transport: asyncio.DatagramTransport | None = None
-        self._paused = False
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
     async def create(
         cls,
         sock: socket.socket,
         interface: str,
-        on_datagram: DatagramHandler,
+        on_datagrams: DatagramsHandler,
         on_error: ErrorHandler,
         on_lost: Callable[[UdpEndpoint], None],
     ) -> UdpEndpoint:
-        """Wrap a bound socket in an asyncio datagram endpoint (arguments as the constructor)."""
-        loop = asyncio.get_running_loop()
-        endpoint = cls(sock, interface, on_datagram, on_error, on_lost)
-        transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
-        endpoint.transport = transport
-        return endpoint
+        """Start reading a bound socket in the running loop (arguments as the constructor)."""
+        return cls(sock, interface, on_datagrams, on_error, on_lost)
 
     @property
     def is_open(self) -> bool:
-        """True while the transport is open."""
-        return self.transport is not None and not self.transport.is_closing()
+        """True until :meth:`close`."""
+        return not self._closed
 
     def destination(self, host: str, port: int) -> Addr:
         """The ``sendto`` address of a peer on this socket (IPv6 carries this socket's scope)."""
@@ -185,54 +193,57 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         """Send one datagram without waiting.
 
         Returns:
-            False when it was dropped: the endpoint is closed, or the socket buffer is full and
-            asyncio holds more than its high-water mark (64 KiB) until it drains (a full NIC
-            queue drops likewise).
+            False when it was dropped: the endpoint is closed, the socket's send buffer is full,
+            or the kernel refused it (the error is reported to ``on_error``).
         """
-        t = self.transport
-        if t is None or t.is_closing() or self._paused:
+        if self._closed:
             return False
-        t.sendto(data, addr)
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as err:  # EPERM from a firewall, ENETUNREACH, a pending ICMP error
+            self._socket_error(err)
+            return False
         return True
 
     def close(self) -> None:
-        """Close the transport and the socket; idempotent."""
-        if self.transport is not None:
-            self.transport.close()
+        """Stop reading and close the socket; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self._loop.call_soon(self._on_lost, self)
 
-    # ------------------------------------------------------------ asyncio callbacks
+    # ------------------------------------------------------------ event loop callbacks
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # asyncio's selector datagram transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def _on_readable(self) -> None:
+        batch: list[tuple[bytes, Addr]] = []
+        recvfrom = self.sock.recvfrom
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as err:  # the pending error an ICMP message left on the socket
+                self._socket_error(err)
+                continue
+            batch.append((data, addr))
+        if batch:
+            self._on_datagrams(self, batch)
 
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-
-    def datagram_received(self, data: bytes, addr: Addr) -> None:
-        self._on_datagram(self, data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # Called for a failed sendto (EPERM from a firewall, ENETUNREACH, EMSGSIZE) and when a
-        # read returns the socket's pending error (set by an ICMP error): drain the error queue,
-        # which says which destination each ICMP error is about.
-        drained = self._drain_error_queue()
-        if not drained and isinstance(exc, OSError):
-            self._on_error(self, exc, None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            self._log.warning("socket closed: %s", exc)
-        self.transport = None
-        self._on_lost(self)
+    def _socket_error(self, err: OSError) -> None:
+        # A read returns the socket's pending error (set by an ICMP error) once, and a failed
+        # sendto raises one: drain the error queue, which says which destination each ICMP
+        # error is about.
+        if not self._drain_error_queue():
+            self._on_error(self, err, None)
 
     def _drain_error_queue(self) -> int:
-        # Drain to EAGAIN: asyncio calls error_received only when a read returns the pending
-        # error, and a queue left non-empty without one keeps the socket readable for ever.
-        # The queue is bounded by the receive buffer, so this ends.
+        # Drain to EAGAIN: a read returns the pending error only once per ICMP error, and a
+        # queue left non-empty without one keeps the socket readable for ever. The queue is
+        # bounded by the receive buffer, so this ends.
         count = 0
         while True:
             try:

@@ -9,18 +9,22 @@ set -euo pipefail
 
 ROOT=${1:-/var/tmp/florete-armhf}
 SUITE=bookworm
+ARCH=armhf
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=packaging/chroot.sh
+. "$HERE/../chroot.sh"
 REPO=$(cd "$HERE/../.." && pwd)
 VENV=/opt/florete-agent                     # inside the chroot
 DEBIAN_PACKAGES=(python3 python3-venv python3-psutil python3-cryptography python3-yaml python3-cffi)
-# Distributions that must come from Debian's packages (no armv7 wheels on PyPI). cryptography
-# is not one: the agent needs >= 42 (bookworm has 38.0.4) and PyPI has an armv7 wheel (46.0.0,
-# the last that builds against Debian's cffi 1.15).
-DEBIAN_DISTS="psutil PyYAML cffi"
+# Distributions that must come from Debian's packages (no armv7 wheels on PyPI, or, for
+# cryptography, Debian's security updates; the agent runs on bookworm's 38.0.4).
+DEBIAN_DISTS="psutil PyYAML cffi cryptography"
 # pip installs wheels only (a board has no compiler), except these sdists: they have no armv7 wheel
 # and build without a compiler (dbus-fast falls back to pure Python when Cython cannot compile).
 SDIST_OK="dbus-fast"
-CHROOT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Inside the chroot: pip trusts the host's CA bundle (it may sit behind a TLS proxy).
+CHROOT_SET_ENV="PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_CERT=/etc/florete-check/ca.crt"
+CHROOT_PASS_ENV="PIP_INDEX_URL ARMHF_CHECK_TIMEOUT"
 
 declare -a SUMMARY=() SOFT_FAILED=()
 CURRENT=""
@@ -58,66 +62,10 @@ soft_step() {
   fi
 }
 
-# A command inside the chroot with a clean environment (the host's PIP_* settings stay outside).
-in_chroot() {
-  local -a env=(PATH="$CHROOT_PATH" HOME=/root LANG=C.UTF-8 TERM=dumb
-    DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-    PIP_CERT=/etc/florete-check/ca.crt)
-  local var
-  for var in http_proxy https_proxy no_proxy PIP_INDEX_URL ARMHF_CHECK_TIMEOUT; do
-    if [ -n "${!var:-}" ]; then env+=("$var=${!var}"); fi
-  done
-  chroot "$ROOT" /usr/bin/env -i "${env[@]}" "$@"
-}
-
-# The Debian mirror apt already uses for $SUITE (deb822 .sources first, then one-line .list).
-detect_mirror() {
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    awk -v suite="$SUITE" '
-      function flush() { if (deb && hit && uri != "") { print uri; found = 1; exit } deb = hit = 0; uri = "" }
-      /^[[:space:]]*$/ { flush(); next }
-      /^Types:/  { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
-      /^URIs:/   { uri = $2 }
-      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) hit = 1 }
-      END { if (!found) flush() }' "$f"
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -f "$f" ] || continue
-    awk -v suite="$SUITE" '$1 == "deb" {
-        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == suite) print $i }' "$f"
-  done
-}
-
-# Mount points under $ROOT, deepest last (from /proc/self/mounts, so leftovers of a killed run too).
-chroot_mounts() {
-  local root
-  root=$(readlink -f "$ROOT")
-  awk -v root="$root" '$2 == root || index($2, root "/") == 1 { print $2 }' /proc/self/mounts
-}
-
 cleanup() {
-  local rc=$? pid root mnt
+  local rc=$?
   trap - EXIT INT TERM
-  # Processes left running inside the chroot (pods after a failed run): ours, ended by PID.
-  if [ -d "$ROOT" ]; then
-    root=$(readlink -f "$ROOT")
-    for pid in /proc/[0-9]*; do
-      if [ "$(readlink "$pid/root" 2>/dev/null)" = "$root" ]; then
-        echo "cleanup: killing leftover process ${pid#/proc/}: $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null)"
-        kill -KILL "${pid#/proc/}" 2>/dev/null || true
-      fi
-    done
-  fi
-  while read -r mnt; do
-    umount "$mnt" 2>/dev/null || umount -l "$mnt" || echo "cleanup: could not unmount $mnt" >&2
-  done < <(chroot_mounts | tac)
-  if [ -n "$(chroot_mounts)" ]; then
-    echo "cleanup: still mounted under $ROOT: $(chroot_mounts | tr '\n' ' ')" >&2
-    rc=1
-  fi
+  release_chroot || rc=1
   echo
   echo "=== summary (chroot $ROOT, logs in $LOG_DIR)"
   printf '%s\n' "${SUMMARY[@]}"
@@ -136,69 +84,6 @@ cleanup() {
     exit 1
   fi
   echo "RESULT: ok, florete-agent installs and runs on Debian $SUITE armhf (qemu-arm user emulation)"
-}
-
-host_tools() {
-  local missing=() p
-  for p in qemu-user-static binfmt-support debootstrap; do
-    # shellcheck disable=SC2016
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-  fi
-  if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
-    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-  fi
-  update-binfmts --enable qemu-arm 2>/dev/null || true
-  grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-arm
-  # The F flag: the kernel holds qemu open, so the chroot needs no copy of it.
-  grep '^flags:' /proc/sys/fs/binfmt_misc/qemu-arm
-}
-
-bootstrap() {
-  if [ -e "$ROOT/.florete-bootstrap-done" ]; then
-    echo "$ROOT is complete: skipping debootstrap"
-    return 0
-  fi
-  local mirror
-  mirror=$(detect_mirror | head -n1)
-  [ -n "$mirror" ] || die "no '$SUITE' deb source in /etc/apt/sources.list{,.d}"
-  echo "mirror: $mirror"
-  if [ ! -x "$ROOT/debootstrap/debootstrap" ]; then
-    [ ! -e "$ROOT/usr/bin/dpkg" ] ||
-      die "$ROOT holds an unfinished chroot that debootstrap cannot resume: remove it and rerun"
-    debootstrap --arch=armhf --foreign --variant=minbase "$SUITE" "$ROOT" "$mirror"
-  fi
-  chroot "$ROOT" /usr/bin/env -i PATH="$CHROOT_PATH" /debootstrap/debootstrap --second-stage
-  [ -x "$ROOT/usr/bin/dpkg" ] && [ ! -e "$ROOT/debootstrap" ]
-  touch "$ROOT/.florete-bootstrap-done"
-}
-
-# mount_one TARGET MOUNT-ARGS...: mount unless a previous run left it mounted. Bind mounts become
-# slaves, so that mounting and unmounting under them never propagates to the host's own mounts.
-mount_one() {
-  local target=$ROOT$1
-  shift
-  mkdir -p "$target"
-  if ! mountpoint -q "$target"; then
-    mount "$@" "$target"
-    case " $* " in
-      *" --bind "* | *" --rbind "*) mount --make-rslave "$target" ;;
-    esac
-  fi
-}
-
-mounts() {
-  mount_one /proc -t proc proc
-  mount_one /sys -t sysfs sysfs
-  if [ -d /sys/fs/cgroup ]; then    # the cgroup hierarchies, for resources.limits
-    mount_one /sys/fs/cgroup --rbind /sys/fs/cgroup
-  fi
-  mount_one /dev --bind /dev
-  mount_one /dev/pts --bind /dev/pts
-  chroot_mounts
 }
 
 chroot_packages() {
@@ -306,9 +191,9 @@ rm -f "$LOG_DIR/run.log"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step host-tools host_tools
-step debootstrap bootstrap
-step mounts mounts
+step host-tools chroot_host_tools
+step debootstrap bootstrap_chroot
+step mounts mount_chroot
 step apt-packages chroot_packages
 step copy-repo copy_repo
 step venv make_venv

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs inside the armhf chroot; check.sh calls it after installing the agent in /opt/florete-agent.
+# Runs inside a chroot: check.sh calls it after installing the agent in /opt/florete-agent,
+# packaging/test-packaging.sh after installing the .deb.
 #   in-chroot.sh run       the agent's main job: start, status, apply examples/, both pods Running,
 #                          logs, delete, stop with SIGTERM
 #   in-chroot.sh measure   Python heap of the daemon (tracemalloc) and import time of agent.daemon;
@@ -8,12 +9,14 @@
 set -euo pipefail
 
 MODE=${1:?usage: in-chroot.sh run|measure}
-VENV=/opt/florete-agent
-EXAMPLES=/src/examples
+# Where florete-agent and the examples are: check.sh's venv (the defaults), or the .deb's
+# (packaging/test-packaging.sh: /usr/bin, /usr/share/doc/florete-agent/examples).
+BIN_DIR=${CHECK_BIN_DIR:-/opt/florete-agent/bin}
+EXAMPLES=${CHECK_EXAMPLES:-/src/examples}
 TIMEOUT=${ARMHF_CHECK_TIMEOUT:-300}      # seconds for each wait (everything is ~8x slower here)
 AGENT_LOG=/tmp/fl-agent.log
 HEAP_FILE=/tmp/fl-heap
-export PATH=$VENV/bin:$PATH FLORETE_INTERFACES=lo FLORETE_STATE_DIR=/tmp/fl
+export PATH=$BIN_DIR:$PATH FLORETE_INTERFACES=lo FLORETE_STATE_DIR=/tmp/fl
 # Not /src: "python3 -c" would import the source tree instead of the installed package.
 cd /tmp
 

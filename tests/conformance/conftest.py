@@ -34,7 +34,7 @@ import psutil
 import pytest
 
 from agent.errors import WorkloadError
-from tests import podman_env, systemd_env
+from tests import android_env, podman_env, systemd_env
 from wri_plugins.api import (
     LogRecord,
     ResourceLimits,
@@ -114,6 +114,14 @@ RUNTIMES = [
         systemd_env.unavailable,
         backend_outage=systemd_env.bus_outage,
     ),
+    # a real OpenSSH sshd on 127.0.0.1 stands in for the phone's Termux sshd
+    RuntimeUnderTest(
+        "android",
+        android_env.power_cut,
+        android_env.Options(),
+        android_env.unavailable,
+        backend_outage=android_env.outage,
+    ),
 ]
 
 
@@ -131,12 +139,16 @@ class RuntimeFactory:
         self.state_dir.mkdir(mode=0o700)
         self._cls = discover_runtimes()[entry.name]
         self._started: list[tuple[Path, TaskHandle]] = []
+        self._created: list[WorkloadRuntime] = []
 
     def __call__(self, state_dir: Path | None = None) -> WorkloadRuntime:
-        """A new runtime instance on ``state_dir`` (default: this case's state dir)."""
-        return self._cls(
+        """A new runtime instance on ``state_dir`` (default: this case's state dir), closed at
+        teardown as the agent closes its runtimes at shutdown."""
+        runtime = self._cls(
             RuntimeContext(state_dir or self.state_dir, "test-node", self.entry.options)
         )
+        self._created.append(runtime)
+        return runtime
 
     def spec(
         self,
@@ -224,13 +236,15 @@ class RuntimeFactory:
         await asyncio.to_thread(self.entry.power_cut, handle)
 
     async def cleanup(self) -> None:
-        """Destroy (force) every task started in this case, each with a fresh runtime."""
+        """Destroy (force) every task started in this case, each with a fresh runtime; close
+        every runtime created."""
         for state_dir, handle in reversed(self._started):
             runtime = self(state_dir)
             try:
                 await runtime.destroy(handle, force=True)
             except WorkloadError:
                 _log.exception("teardown: cannot destroy task %s", handle.task_id)
+        for runtime in self._created:
             await runtime.close()
 
 

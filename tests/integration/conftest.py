@@ -23,6 +23,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.netbed import NetBed
+
 CLI = [sys.executable, "-m", "agent.cli"]
 
 
@@ -274,3 +276,36 @@ def make_agent() -> Iterator[Callable[..., Agent]]:
 def agent(make_agent: Callable[..., Agent]) -> Agent:
     """One started agent."""
     return make_agent()
+
+
+@pytest.fixture
+def bed() -> Iterator[NetBed]:
+    """A network test bed (tests/netbed.py), always torn down."""
+    with NetBed() as net:
+        yield net
+
+
+def start_in_bed(
+    make_agent: Callable[..., Agent], bed: NetBed, name: str, env: dict[str, str] | None = None
+) -> Agent:
+    """An agent in the bed's node ``name`` (created if needed), on eth0 with mDNS and the UDP
+    link on port 4737; ``env`` adds or overrides variables."""
+    node = bed.nodes.get(name) or bed.add_node(name)
+    base = {
+        "FLORETE_INTERFACES": "eth0",
+        "FLORETE_LINK_PORT": "4737",
+        "FLORETE_MDNS": "on",
+        "FLORETE_NODE_NAME": name,
+    }
+    return make_agent({**base, **(env or {})}, netns=node.ns)
+
+
+def trust(agent: Agent, other: Agent) -> None:
+    """``agent`` trusts ``other`` (one way), out of band: ``peers export`` / ``peers add -``."""
+    agent.cli("peers", "add", "-", stdin=other.cli("peers", "export").stdout)
+
+
+def neighbours(agent: Agent) -> dict[str, dict[str, Any]]:
+    """``neighbours -o json`` items by name."""
+    items = json.loads(agent.cli("neighbours", "-o", "json").stdout)["items"]
+    return {n["name"]: n for n in items}

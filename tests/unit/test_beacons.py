@@ -98,6 +98,8 @@ def _body(**changes: object) -> bytes:
         (_body(pad=b"x" * 60), "exceeds"),
         (b"\xf0\xff", "not valid CBOR"),
         (b"\xf0" + cbor2.dumps([1, 2]), "not a map"),
+        (b"\xf0\xa2" + cbor2.dumps("v") + b"\x01" + cbor2.dumps("v") + b"\x01", "duplicate keys"),
+        (b"\xf0\xbf" + _body()[2:] + b"\xff", "indefinite length"),
         (_body(v=2), "unsupported beacon version"),
         (_body(v=True), "expected int"),
         (_body(id=None), "'id'"),

@@ -206,3 +206,31 @@ async def test_request_before_start_is_a_local_error(nodes: list[Node]) -> None:
     async with established(nodes[0], nodes[1]) as (sa, _sb):
         with pytest.raises(LocalProtocolError, match="before start"):
             await Endpoint(sa).request("sync")
+
+
+async def test_repeated_topics_follow_subscription_changes(nodes: list[Node]) -> None:
+    async with endpoints(nodes) as (a, b):
+        first: list[Any] = []
+        second: list[Any] = []
+        assert not await a.publish("s/1", 0)
+        await b.subscribe("s/#", lambda t, v: first.append(v))
+        await b.request("sync")
+        for i in range(3):
+            assert await a.publish("s/1", i)
+        await a.request("sync")
+        await b.subscribe("s/1", lambda t, v: second.append(v))  # a new local match for s/1
+        await b.request("sync")
+        assert await a.publish("s/1", 3)
+        await a.request("sync")
+        assert (first, second) == ([0, 1, 2, 3], [3])
+        await b.unsubscribe("s/#")
+        await b.request("sync")
+        assert await a.publish("s/1", 4)  # b still wants s/1 itself
+        await a.request("sync")
+        await b.unsubscribe("s/1")
+        await b.request("sync")
+        assert not await a.publish("s/1", 5)
+        await a._session.send(Publish("s/1", 6))  # as if sent before the Unsubscribe arrived
+        await a.request("sync")
+        assert (first, second) == ([0, 1, 2, 3], [3, 4])
+        assert b.metrics.dropped == 1

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import cbor2
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.errors import LocalError, LocalProtocolError, RemoteProtocolError
 from agent.identity import Identity, _make_certificate, short_id
-from agent.messages import PairingMessage, Publish, Request, decode, encode
+from agent.messages import Message, PairingMessage, Publish, Request, decode, encode
 from agent.session import (
     HandshakeTimeoutError,
     PeerRejectedError,
@@ -31,7 +31,9 @@ from agent.session import (
 )
 from agent.store import Store
 from agent.trust import TrustListener, TrustStore
-from tests.sessions import Node, established, make_nodes, stream_pair
+from link_drivers.api import LinkMetrics, ReliableStream
+from link_drivers.stream import ArqStream
+from tests.sessions import ARQ, MemoryChannel, Node, established, make_nodes, stream_pair
 
 
 @pytest.fixture
@@ -361,3 +363,180 @@ async def test_bad_fields_in_a_preamble(nodes: list[Node]) -> None:
             await sm.send(preamble(bravo.identity, **override))
             with pytest.raises(RemoteProtocolError, match=reason):
                 await open_session(sa, alpha.identity, alpha.trust)
+
+
+class _ResetStream(ReliableStream):
+    """A stream whose peer restarts at once: ``receive`` reports the reset."""
+
+    @property
+    def metrics(self) -> LinkMetrics:
+        return LinkMetrics()
+
+    async def send(self, message: bytes) -> None:
+        return None
+
+    async def receive(self) -> bytes:
+        raise LocalError("ARQ session was reset (peer restarted); messages were lost")
+
+    async def drain(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_stream_reset_while_opening_leaves_the_callers_task_alone(
+    nodes: list[Node],
+) -> None:
+    alpha, bravo, _ = nodes
+    alpha.trusts(bravo)
+    with pytest.raises(SessionClosedError, match="link stream broke"):
+        await open_session(_ResetStream(), alpha.identity, alpha.trust)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    await asyncio.sleep(0.01)  # no cancellation left pending for the next await
+
+
+async def test_a_close_from_another_task_ends_a_pending_receive_without_cancelling_it(
+    nodes: list[Node],
+) -> None:
+    alpha, bravo, _ = nodes
+
+    async def receive_then_carry_on(session: SecureSession) -> str:
+        with pytest.raises(SessionClosedError, match="closed by this node"):
+            await session.receive()
+        await asyncio.sleep(0.01)  # the task itself was not cancelled
+        return "carried on"
+
+    async with established(alpha, bravo) as (a, _b):
+        waiting = asyncio.create_task(receive_then_carry_on(a))
+        await asyncio.sleep(0.01)
+        await a.close("done")
+        async with asyncio.timeout(2):
+            assert await waiting == "carried on"
+
+
+async def test_a_receive_cancelled_from_outside_stays_cancelled(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with established(alpha, bravo) as (a, b):
+        waiting = asyncio.create_task(a.receive())
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await b.send(Publish("t", "after"))
+        async with asyncio.timeout(2):
+            assert await a.receive() == Publish("t", "after")
+
+
+class _Counting(ReliableStream):
+    """Wraps a stream and counts the stream messages (TLS records) sent through it."""
+
+    def __init__(self, inner: ReliableStream, *, broken: bool = False) -> None:
+        self.inner = inner
+        self.sent = 0
+        self.broken = broken
+
+    @property
+    def metrics(self) -> LinkMetrics:
+        return self.inner.metrics
+
+    async def send(self, message: bytes) -> None:
+        if self.broken:
+            raise LocalError("the link went away")
+        self.sent += 1
+        await self.inner.send(message)
+
+    async def receive(self) -> bytes:
+        return await self.inner.receive()
+
+    async def drain(self) -> None:
+        await self.inner.drain()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@contextlib.asynccontextmanager
+async def counted(
+    a: Node, b: Node, high_water: int | None = None
+) -> AsyncIterator[tuple[SecureSession, SecureSession, _Counting]]:
+    a.trusts(b)
+    b.trusts(a)
+    left, right = MemoryChannel(), MemoryChannel()
+    left.peer, right.peer = right, left
+    async with (
+        ArqStream(left, ARQ, name="l", high_water=high_water) as sa,
+        ArqStream(right, ARQ, name="r") as sb,
+    ):
+        wrapped = _Counting(sa)
+        sess_a, sess_b = await asyncio.gather(
+            open_session(wrapped, a.identity, a.trust, handshake_timeout=5.0),
+            open_session(sb, b.identity, b.trust, handshake_timeout=5.0),
+        )
+        try:
+            yield sess_a, sess_b, wrapped
+        finally:
+            await sess_a.close()
+            with contextlib.suppress(SessionClosedError):
+                while True:
+                    await sess_b.receive()
+
+
+async def test_messages_sent_in_one_step_share_a_tls_record(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with counted(alpha, bravo) as (a, b, stream):
+        before = stream.sent
+        for i in range(50):
+            await a.send(Publish("t", i))
+        assert stream.sent == before  # queued until this step ends
+        await asyncio.sleep(0)
+        assert stream.sent == before + 1
+        async with asyncio.timeout(2):
+            assert [await b.receive() for _ in range(50)] == [Publish("t", i) for i in range(50)]
+        await a.send(Publish("t", "lone"))
+        await asyncio.sleep(0)
+        assert stream.sent == before + 2  # a lone message leaves at the end of its step
+
+
+async def test_a_stream_that_pushes_back_holds_later_messages_in_order(
+    nodes: list[Node],
+) -> None:
+    alpha, bravo, _ = nodes
+    async with counted(alpha, bravo, high_water=1) as (a, b, _stream):
+        sent = [Publish("t", bytes([i]) * 3000) for i in range(40)]
+
+        async def take() -> list[Message]:
+            return [await b.receive() for _ in sent]
+
+        reader = asyncio.create_task(take())
+        async with asyncio.timeout(5):
+            for i, message in enumerate(sent):
+                await a.send(message)
+                if i % 7 == 0:
+                    await asyncio.sleep(0)  # end the step: a record while the last one waits
+            assert await reader == sent
+
+
+async def test_goodbye_follows_the_messages_sent_before_it(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with counted(alpha, bravo) as (a, b, _stream):
+        for i in range(3):
+            await a.send(Publish("t", i))
+        await a.close("bye")
+        async with asyncio.timeout(2):
+            assert [await b.receive() for _ in range(3)] == [Publish("t", i) for i in range(3)]
+            with pytest.raises(SessionClosedError, match=r"goodbye \(bye\)"):
+                await b.receive()
+
+
+async def test_a_link_that_breaks_under_a_record_closes_the_session(nodes: list[Node]) -> None:
+    alpha, bravo, _ = nodes
+    async with counted(alpha, bravo) as (a, b, stream):
+        stream.broken = True
+        await a.send(Publish("t", "lost with the link"))
+        await asyncio.sleep(0)
+        with pytest.raises(SessionClosedError, match="link stream broke: the link went away"):
+            await a.send(Publish("t", "after"))
+        await b.close()  # no goodbye can come from a

@@ -374,3 +374,23 @@ async def test_peer_must_fit_the_config(make_driver: Callable[..., Any]) -> None
     b = await make_driver()
     with pytest.raises(LocalError, match="must be link-local"):
         b.channel(UdpAddress("2001:db8::1", 9, "lo"))
+
+
+async def test_a_burst_reaches_a_receiver_in_batches(make_driver: Callable[..., Any]) -> None:
+    a, b = await make_driver(), await make_driver()
+    ours = a.channel(address(b, socket.AF_INET))
+    await ours.send(b"hello")
+    async with asyncio.timeout(2):
+        theirs = await b.accept()
+    batches: list[list[bytes]] = []
+    assert theirs.set_receiver(batches.append)
+    assert batches == [[b"hello"]]  # what was queued goes to the receiver at once
+    for i in range(20):
+        await ours.send(b"%d" % i)
+    await until(lambda: sum(map(len, batches)) == 21)
+    assert [d for batch in batches[1:] for d in batch] == [b"%d" % i for i in range(20)]
+    assert max(len(batch) for batch in batches[1:]) > 1  # one wake-up, several datagrams
+    assert theirs.metrics.rx_frames == 21
+    theirs.set_receiver(None)
+    await ours.send(b"queued again")
+    assert await receive(theirs) == b"queued again"

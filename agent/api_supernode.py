@@ -1,0 +1,275 @@
+"""API of the supernode: its own routes, and pods and nodes served through it on members.
+
+Routes under ``/apis/florete.io/v1alpha1/``:
+
+* ``GET supernode`` -> ``Supernode`` (members, leader, term, health, capacity, placements);
+  404 when this node is not a member.
+* ``POST supernode`` ``{"name"}`` -> 201 ``Supernode``: create one with this node as its member.
+* ``POST supernode/join`` ``{"name", "timeoutSeconds"?}`` -> ``Supernode``: join through a
+  neighbour that is a member.
+* ``POST supernode/leave`` ``{"timeoutSeconds"?, "force"?}`` -> ``Status``: leave (pods move
+  first); ``force`` forgets the membership here without the others (they are gone).
+
+On a member, :meth:`SupernodeApi.wrap` (installed as :attr:`agent.api.Api.wrap_route`) serves
+the core pod and node routes through the supernode: ``POST pods`` applies to the supernode,
+``GET pods`` lists every supernode pod with the member it runs on (``spec.nodeName``) beside
+this node's own pods, ``GET``/``PUT``/``DELETE pods/{name}`` act on supernode pods, and
+``GET nodes`` shows the supernode as one Node. Logs and exec of a pod on another member, PATCH
+and watch of supernode pods are not served here (the error says where to go). On a node that is
+not a member every route behaves as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agent.api_kube import invalid_response, list_response, object_response
+from agent.errors import BadRequestError, ManifestError, NotFoundError
+from agent.httproute import Handler, Request, Response, StreamingResponse, Upgrade
+from supernode import Supernode
+from supernode.pods import is_supernode_pod
+
+__all__ = ["SupernodeApi"]
+
+GROUP = "/apis/florete.io/v1alpha1"
+_PODS = "/api/v1/namespaces/{namespace}/pods"
+
+
+def _body(request: Request) -> dict[str, Any]:
+    body = request.json() if request.body else {}
+    if not isinstance(body, dict):
+        raise BadRequestError("expected a JSON object")
+    return body
+
+
+def _timeout(body: dict[str, Any], default: float) -> float:
+    value = body.get("timeoutSeconds", default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise BadRequestError("timeoutSeconds must be a number of seconds in (0, 3600]")
+    return float(value)
+
+
+def _name(body: dict[str, Any]) -> str:
+    name = body.get("name")
+    if not isinstance(name, str):
+        raise BadRequestError('expected {"name": "<supernode name>"}')
+    return name
+
+
+class SupernodeApi:
+    """Handlers of the supernode routes and the wrapper of the core pod and node routes.
+
+    Args:
+        supernode: the supernode service.
+    """
+
+    def __init__(self, supernode: Supernode) -> None:
+        self.supernode = supernode
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        """``(method, path template, handler)`` for :class:`agent.httproute.Router`."""
+        return [
+            ("GET", f"{GROUP}/supernode", self.status),
+            ("POST", f"{GROUP}/supernode", self.create),
+            ("POST", f"{GROUP}/supernode/join", self.join),
+            ("POST", f"{GROUP}/supernode/leave", self.leave),
+        ]
+
+    async def status(self, request: Request) -> Response:
+        """``GET supernode``."""
+        return Response.json(self.supernode.status())
+
+    async def create(self, request: Request) -> Response:
+        """``POST supernode``."""
+        return Response.json(await self.supernode.create(_name(_body(request))), 201)
+
+    async def join(self, request: Request) -> Response:
+        """``POST supernode/join``."""
+        body = _body(request)
+        return Response.json(await self.supernode.join(_name(body), _timeout(body, 30.0)))
+
+    async def leave(self, request: Request) -> Response:
+        """``POST supernode/leave``."""
+        body = _body(request)
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequestError("force must be true or false")
+        await self.supernode.leave(_timeout(body, 60.0), force)
+        return Response.json(
+            {"apiVersion": "v1", "kind": "Status", "status": "Success", "message": "left"}
+        )
+
+    # ----------------------------------------------------------------- core routes
+
+    def wrap(self, method: str, template: str, handler: Handler) -> Handler:
+        """The handler to serve a core route with (see the module docstring)."""
+        make: Callable[[Handler], Handler] | None = {
+            ("GET", "/api/v1/pods"): self._list_pods,
+            ("GET", _PODS): self._list_pods,
+            ("POST", _PODS): self._create_pod,
+            ("GET", _PODS + "/{name}"): self._get_pod,
+            ("GET", _PODS + "/{name}/status"): self._get_pod,
+            ("PUT", _PODS + "/{name}"): self._update_pod,
+            ("DELETE", _PODS + "/{name}"): self._delete_pod,
+            ("PATCH", _PODS + "/{name}"): self._refuse("PATCH"),
+            ("GET", _PODS + "/{name}/log"): self._local_only("logs"),
+            ("GET", _PODS + "/{name}/exec"): self._local_only("exec"),
+            ("POST", _PODS + "/{name}/exec"): self._local_only("exec"),
+            ("GET", "/api/v1/nodes"): self._list_nodes,
+            ("GET", "/api/v1/nodes/{name}"): self._get_node,
+        }.get((method, template))
+        return handler if make is None else make(handler)
+
+    def _member(self) -> bool:
+        return self.supernode.membership is not None
+
+    def _ours(self, request: Request) -> bool:
+        params = request.params
+        return self._member() and (
+            self.supernode.record(params["namespace"], params["name"]) is not None
+        )
+
+    def _list_pods(self, core: Handler) -> Handler:
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            if not self._member() or request.query.get_bool("watch"):
+                return await core(request)
+            namespace = request.params.get("namespace")
+            objects = await self.supernode.list_pods(namespace)
+            store = self.supernode.reconciler.store
+            for stored in store.list_pods(namespace):
+                if not is_supernode_pod(stored):
+                    objects.append(self.supernode.reconciler.pod_object(stored))
+            return list_response(request, "pods", "PodList", objects, store.resource_version())
+
+        return handle
+
+    def _create_pod(self, core: Handler) -> Handler:
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            if not self._member():
+                return await core(request)
+            body = _body(request)
+            dry_run = _dry_run(request)
+            try:
+                obj = await self.supernode.create_pod(body, request.params["namespace"], dry_run)
+            except ManifestError as err:
+                name = str((body.get("metadata") or {}).get("name", ""))
+                return invalid_response("Pod", name, err)
+            return Response.json(obj, 201)
+
+        return handle
+
+    def _get_pod(self, core: Handler) -> Handler:
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            if not self._ours(request):
+                return await core(request)
+            obj = await self.supernode.get_pod(request.params["namespace"], request.params["name"])
+            return object_response(request, "pods", obj)
+
+        return handle
+
+    def _update_pod(self, core: Handler) -> Handler:
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            if not self._ours(request):
+                return await core(request)
+            body = _body(request)
+            name = request.params["name"]
+            if (body.get("metadata") or {}).get("name") != name:
+                raise BadRequestError(
+                    f'the name of the object does not match the name on the URL ("{name}")'
+                )
+            try:
+                obj = await self.supernode.update_pod(
+                    body, request.params["namespace"], _dry_run(request)
+                )
+            except ManifestError as err:
+                return invalid_response("Pod", name, err)
+            return Response.json(obj)
+
+        return handle
+
+    def _delete_pod(self, core: Handler) -> Handler:
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            if not self._ours(request):
+                return await core(request)
+            grace = request.query.get_int("gracePeriodSeconds")
+            if grace is None and request.body:
+                value = _body(request).get("gracePeriodSeconds")
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise BadRequestError("DeleteOptions.gracePeriodSeconds must be an integer")
+                grace = value
+            if grace is not None and grace < 0:
+                raise BadRequestError("gracePeriodSeconds must be >= 0")
+            obj = await self.supernode.delete_pod(
+                request.params["namespace"],
+                request.params["name"],
+                None if grace is None else float(grace),
+            )
+            return Response.json(obj)
+
+        return handle
+
+    def _refuse(self, what: str) -> Callable[[Handler], Handler]:
+        def make(core: Handler) -> Handler:
+            async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+                if not self._ours(request):
+                    return await core(request)
+                raise BadRequestError(
+                    f"{what} of a supernode pod is not supported; change its labels and "
+                    "annotations with florete-agent apply"
+                )
+
+            return handle
+
+        return make
+
+    def _local_only(self, what: str) -> Callable[[Handler], Handler]:
+        def make(core: Handler) -> Handler:
+            async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+                record = (
+                    self.supernode.record(request.params["namespace"], request.params["name"])
+                    if self._member()
+                    else None
+                )
+                if record is None or record.member == self.supernode.me:
+                    return await core(request)
+                pod = await self.supernode.get_pod(record.namespace, record.name)
+                member = (pod.get("spec") or {}).get("nodeName") or "no member yet"
+                raise BadRequestError(
+                    f'pod "{record.name}" runs on member {member}: run florete-agent {what} '
+                    "against that member's agent"
+                )
+
+            return handle
+
+        return make
+
+    def _list_nodes(self, core: Handler) -> Handler:
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            if not self._member() or request.query.get_bool("watch"):
+                return await core(request)
+            store = self.supernode.reconciler.store
+            node = self.supernode.node()
+            return list_response(request, "nodes", "NodeList", [node], store.resource_version())
+
+        return handle
+
+    def _get_node(self, core: Handler) -> Handler:
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            if not self._member():
+                return await core(request)
+            if request.params["name"] != self.supernode.name:
+                raise NotFoundError(
+                    f'nodes "{request.params["name"]}" not found (this node is a member of '
+                    f'supernode "{self.supernode.name}")'
+                )
+            return object_response(request, "nodes", self.supernode.node())
+
+        return handle
+
+
+def _dry_run(request: Request) -> bool:
+    values = request.query.get_all("dryRun")
+    if any(v != "All" for v in values):
+        raise BadRequestError("dryRun must be All")
+    return bool(values)
