@@ -87,8 +87,12 @@ class ArqStats:
         malformed: packets that failed to parse (dropped).
         tx_bytes: packet bytes handed out (before framing).
         rx_bytes: packet bytes received (after framing).
-        bytes_acked: payload bytes acknowledged by the peer.
-        bytes_delivered: payload bytes delivered in messages.
+        bytes_acked: message bytes the peer acknowledged cumulatively, that is received in
+            order (RFC 4898 ``tcpEStatsAppHCThruOctetsAcked``; Linux ``tcpi_bytes_acked``):
+            the sender's goodput. No packet headers, segment lengths, ACKs or PINGs, and a
+            retransmitted frame counts once.
+        bytes_delivered: message bytes handed out whole and in order (``MessageReceived``):
+            the receiver's goodput. Duplicates and frames held out of order count nothing.
         resets: session resets (peer restart, protocol violation).
     """
 
@@ -305,6 +309,12 @@ class ArqSession:
         if h.my_sid in self._retired:
             self.stats.stale += 1  # a late HELLO of a peer session that has since restarted
             return
+        if h.your_sid not in (0, self._sid):
+            # It answers an earlier session of ours: the peer resets, with a new ISN, when it
+            # hears this one, so adopt nothing yet and tell it that this session exists.
+            self.stats.stale += 1
+            self._hello_reply = True
+            return
         if h.my_sid != self.peer_sid:
             if self.state is not State.CONNECTING:
                 self._retired.append(self.peer_sid)
@@ -395,13 +405,15 @@ class ArqSession:
             self.peer_sid = 0
 
     def _on_ack(self, a: Ack, now: float) -> None:
-        newly = self._send.on_ack(a, self.config.dupthresh, now, self.rto.min_rtt)
+        send = self._send
+        acked = send.acked_data
+        newly = send.on_ack(a, self.config.dupthresh, now, self.rto.min_rtt)
         if newly is None:
             return
+        self.stats.bytes_acked += send.acked_data - acked
         self._peer_rwnd = min(a.rwnd, self._tx_window)
         if not newly:
             return
-        self.stats.bytes_acked += sum(len(f.payload) for f in newly)
         if not a.delayed:  # a delayed ACK's time says more about the timer than the path
             fresh = [f for f in newly if f.retx == 0]
             if fresh:  # Karn's rule: only frames sent once give an RTT sample

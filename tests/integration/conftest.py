@@ -251,9 +251,23 @@ def container(pod: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     raise KeyError(name)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item, so fixtures can tell that the test failed."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "report_call", None)
+    return report is None or report.failed
+
+
 @pytest.fixture
-def make_agent() -> Iterator[Callable[..., Agent]]:
-    """Factory of started agents; all are killed with their workloads at teardown."""
+def make_agent(request: pytest.FixtureRequest) -> Iterator[Callable[..., Agent]]:
+    """Factory of started agents; all are killed with their workloads at teardown, and when
+    the test failed every agent's log is printed (the failure message shows one at most)."""
     agents: list[tuple[Agent, Path]] = []
 
     def make(
@@ -267,8 +281,11 @@ def make_agent() -> Iterator[Callable[..., Agent]]:
         return agent
 
     yield make
-    for agent, root in agents:
+    failed = _failed(request)
+    for number, (agent, root) in enumerate(agents):
         agent.kill_everything()
+        if failed:
+            sys.stdout.write(f"\n--- log of agent {number} ({agent.state_dir}) ---\n{agent.log()}")
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -298,6 +298,32 @@ def test_peer_restart_mid_stream_resets_and_resynchronises() -> None:
     assert a.stats.resets == 1
 
 
+def test_a_new_session_first_hearing_a_hello_meant_for_its_predecessor_still_syncs() -> None:
+    """The restarted side hears a HELLO addressed to its old session before the peer knows it
+    restarted: that HELLO's ISN is about to be replaced (the peer resets when it hears the new
+    session), so adopting it would leave the new session expecting sequence numbers that never
+    come."""
+    sim, _a, _b = pair()
+    sim.send("b", b"x" * PAYLOAD)
+    sim.run(until=1.0)
+    old_hello = next(
+        r.raw
+        for r in reversed(sim.log)
+        if r.src == "b" and isinstance(r.packet, Hello) and r.packet.established
+    )
+    restarted = ArqSession(CFG, rng=random.Random(99), name="a2")
+    restarted.receive_frame(old_hello, sim.now)
+    sim.replace("a", restarted)
+    sim.run(until=3.0)
+    assert [e.reason for _, s, e in sim.timeline if isinstance(e, SessionReset)] == [
+        "peer_restarted"
+    ]
+    sim.events["a"].clear()
+    sim.send("b", b"after restart")
+    sim.run(until=6.0)
+    assert messages(sim, "a") == [b"after restart"]
+
+
 def test_sequence_numbers_wrap_around_with_a_loss_at_the_edge() -> None:
     sim, a, _b = pair(isn=65530)
     sim.fate = drop_first(1, is_data(0))
