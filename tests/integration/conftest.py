@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,12 +251,14 @@ def container(pod: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     raise KeyError(name)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Keep each phase's report on the test item, so fixtures can tell that the test failed."""
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+    report = yield
     setattr(item, f"report_{report.when}", report)
+    return report
 
 
 def _failed(request: pytest.FixtureRequest) -> bool:
