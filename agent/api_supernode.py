@@ -14,21 +14,26 @@ On a member, :meth:`SupernodeApi.wrap` (installed as :attr:`agent.api.Api.wrap_r
 the core pod and node routes through the supernode: ``POST pods`` applies to the supernode,
 ``GET pods`` lists every supernode pod with the member it runs on (``spec.nodeName``) beside
 this node's own pods, ``GET``/``PUT``/``DELETE pods/{name}`` act on supernode pods, and
-``GET nodes`` shows the supernode as one Node. Logs and exec of a pod on another member, PATCH
-and watch of supernode pods are not served here (the error says where to go). On a node that is
-not a member every route behaves as before.
+``GET nodes`` shows the supernode as one Node. ``GET pods/{name}/log`` and ``pods/{name}/exec``
+of a pod placed on another member are carried to that member over the mesh
+(:mod:`supernode.proxy`; exec non-interactive, :mod:`agent.api_supernode_exec`). PATCH and
+watch of supernode pods are not served here. On a node that is not a member every route
+behaves as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from agent.api_kube import invalid_response, list_response, object_response
+from agent.api_supernode_exec import exec_upgrade
 from agent.errors import BadRequestError, ManifestError, NotFoundError
-from agent.httproute import Handler, Request, Response, StreamingResponse, Upgrade
+from agent.httproute import Handler, Query, Request, Response, StreamingResponse, Upgrade
 from supernode import Supernode
 from supernode.pods import is_supernode_pod
+from supernode.proxy import open_remote_log, remote_exec
+from supernode.state import PodRecord
 
 __all__ = ["SupernodeApi"]
 
@@ -66,6 +71,8 @@ class SupernodeApi:
 
     def __init__(self, supernode: Supernode) -> None:
         self.supernode = supernode
+        self._core_log: Handler | None = None
+        supernode.serve_logs(self._open_local_log)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """``(method, path template, handler)`` for :class:`agent.httproute.Router`."""
@@ -113,9 +120,9 @@ class SupernodeApi:
             ("PUT", _PODS + "/{name}"): self._update_pod,
             ("DELETE", _PODS + "/{name}"): self._delete_pod,
             ("PATCH", _PODS + "/{name}"): self._refuse("PATCH"),
-            ("GET", _PODS + "/{name}/log"): self._local_only("logs"),
-            ("GET", _PODS + "/{name}/exec"): self._local_only("exec"),
-            ("POST", _PODS + "/{name}/exec"): self._local_only("exec"),
+            ("GET", _PODS + "/{name}/log"): self._log,
+            ("GET", _PODS + "/{name}/exec"): self._exec,
+            ("POST", _PODS + "/{name}/exec"): self._exec,
             ("GET", "/api/v1/nodes"): self._list_nodes,
             ("GET", "/api/v1/nodes/{name}"): self._get_node,
         }.get((method, template))
@@ -223,26 +230,89 @@ class SupernodeApi:
 
         return make
 
-    def _local_only(self, what: str) -> Callable[[Handler], Handler]:
-        def make(core: Handler) -> Handler:
-            async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
-                record = (
-                    self.supernode.record(request.params["namespace"], request.params["name"])
-                    if self._member()
-                    else None
-                )
-                if record is None or record.member == self.supernode.me:
-                    return await core(request)
-                pod = await self.supernode.get_pod(record.namespace, record.name)
-                member = (pod.get("spec") or {}).get("nodeName") or "no member yet"
-                raise BadRequestError(
-                    f'pod "{record.name}" runs on member {member}: run florete-agent {what} '
-                    "against that member's agent"
+    def _elsewhere(self, request: Request) -> PodRecord | None:
+        """The record of a supernode pod placed on another member, or None (serve locally).
+
+        Raises:
+            BadRequestError: the pod is not placed on any member yet.
+        """
+        record = (
+            self.supernode.record(request.params["namespace"], request.params["name"])
+            if self._member()
+            else None
+        )
+        if record is None or record.member == self.supernode.me:
+            return None
+        if not record.member:
+            raise BadRequestError(f'pod "{record.name}" is not placed on a member yet (Pending)')
+        return record
+
+    def _log(self, core: Handler) -> Handler:
+        self._core_log = core
+
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            record = self._elsewhere(request)
+            if record is None:
+                return await core(request)
+            remote = await open_remote_log(
+                self.supernode.mesh,
+                record.member,
+                record.namespace,
+                record.name,
+                request.query.params,
+            )
+            follow = request.query.get_bool("follow") and not request.query.get_bool("previous")
+            if follow:
+                return StreamingResponse(200, "text/plain; charset=utf-8", remote.chunks())
+            body = b"".join([chunk async for chunk in remote.chunks()])
+            return Response(200, body, "text/plain; charset=utf-8")
+
+        return handle
+
+    async def _open_local_log(
+        self, namespace: str, name: str, query: Mapping[str, list[str]]
+    ) -> AsyncIterator[bytes]:
+        """A local pod's log through this node's own log route, for another member."""
+        if self._core_log is None:
+            raise NotFoundError("the log route is not served here")
+        request = Request(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/pods/{name}/log",
+            query=Query(dict(query)),
+            params={"namespace": namespace, "name": name},
+        )
+        answer = await self._core_log(request)
+        if isinstance(answer, StreamingResponse):
+            return answer.chunks
+        if isinstance(answer, Response) and answer.status == 200:
+            return _once(answer.body)
+        raise BadRequestError("the log route gave no log")
+
+    def _exec(self, core: Handler) -> Handler:
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            record = self._elsewhere(request)
+            if record is None:
+                return await core(request)
+            argv = request.query.get_all("command")
+            containers = record.manifest["spec"]["containers"]
+            container = request.query.get("container") or containers[0]["name"]
+            if container not in [c["name"] for c in containers]:
+                raise BadRequestError(f"container {container} is not valid for pod {record.name}")
+
+            async def command() -> tuple[int, bytes]:
+                return await remote_exec(
+                    self.supernode.mesh,
+                    record.member,
+                    record.namespace,
+                    record.name,
+                    container,
+                    list(argv),
                 )
 
-            return handle
+            where = f"{record.namespace}/{record.name}/{container}"
+            return exec_upgrade(request, command, where)
 
-        return make
+        return handle
 
     def _list_nodes(self, core: Handler) -> Handler:
         async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
@@ -273,3 +343,7 @@ def _dry_run(request: Request) -> bool:
     if any(v != "All" for v in values):
         raise BadRequestError("dryRun must be All")
     return bool(values)
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body

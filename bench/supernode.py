@@ -14,7 +14,12 @@ process in its namespace, SIGKILL), measures, restarts it and waits until it is 
 
 Medians over the runs (``quick``: 2 runs each; else 5). Nothing leaves the namespaces made here;
 they are deleted with every process in them at the end, also on failure or Ctrl-C.
-``python -m bench.supernode [--full]``.
+
+Before that, the cost of the durable Raft journal (no test bed needed): three Raft members in
+one process (real pysyncobj, messages through the event loop) commit changes one after the
+other, with their journals in memory and then on disk (``/var/tmp``), synced before every
+message (:mod:`supernode.journal`); the table shows the median commit time of each and the
+journal syncs per commit. ``python -m bench.supernode [--full]``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import shutil
 import signal
@@ -219,8 +225,85 @@ def _run(members: list[_Member], kill_leader: bool) -> dict[str, float]:
     return result
 
 
+async def _commits(files: Path | None, count: int) -> tuple[list[float], float]:
+    """Commit ``count`` changes one after the other on three in-process members; returns each
+    commit's seconds and the journal syncs per commit (0 in memory)."""
+    import asyncio
+
+    from supernode.raft import RaftNode, decode_message
+    from supernode.state import SupernodeState
+    from supernode.timing import derive
+
+    ids = ["a", "b", "c"]
+    nodes: dict[str, RaftNode] = {}
+    loop = asyncio.get_running_loop()
+
+    def sender(src: str) -> Callable[[str, bytes], bool]:
+        def send(dst: str, data: bytes) -> bool:
+            loop.call_soon(lambda: nodes[dst].deliver(src, decode_message(data)))
+            return True
+
+        return send
+
+    for node_id in ids:
+        where = None if files is None else files / node_id
+        if where is not None:
+            where.mkdir(parents=True)
+        nodes[node_id] = RaftNode(
+            node_id, ids, SupernodeState(), derive(None), sender(node_id), files=where
+        )
+
+    async def tick() -> None:
+        while True:
+            for node_id, node in nodes.items():
+                node.tick(set(ids) - {node_id})
+            await asyncio.sleep(0.002)
+
+    ticker = loop.create_task(tick())
+    try:
+        while not any(n.is_leader for n in nodes.values()):  # noqa: ASYNC110 (the ticker drives them)
+            await asyncio.sleep(0.01)
+        leader = next(n for n in nodes.values() if n.is_leader)
+        before = sum(n.journal.syncs for n in nodes.values() if n.journal)
+        took = []
+        for i in range(count):
+            command = {"op": "member_add", "node_id": f"N{i}", "name": "x", "at": 1.0}
+            started = time.perf_counter()
+            await leader.propose(json.dumps(command))
+            took.append(time.perf_counter() - started)
+        syncs = sum(n.journal.syncs for n in nodes.values() if n.journal) - before
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        for node in nodes.values():
+            node.destroy()
+    return took, syncs / count
+
+
+def journal_cost(count: int = 200) -> None:
+    """Print the commit time with the journal in memory and durable on disk."""
+    import asyncio
+
+    print(f"supernode: Raft commit, 3 members in one process, {count} changes (medians)")
+    root = Path(tempfile.mkdtemp(prefix="flbench-raft-", dir="/var/tmp"))
+    try:
+        memory, _ = asyncio.run(_commits(None, count))
+        disk, syncs = asyncio.run(_commits(root, count))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    mem_ms, disk_ms = statistics.median(memory) * 1e3, statistics.median(disk) * 1e3
+    print(f"  journal in memory (no durability)    {mem_ms:6.2f} ms per commit")
+    print(
+        f"  durable journal (fdatasync, /var/tmp) {disk_ms:6.2f} ms per commit, "
+        f"{syncs:.1f} syncs per commit over 3 members; x{disk_ms / mem_ms:.2f}"
+    )
+
+
 def main(quick: bool = True) -> None:
-    """Print the table (see the module docstring); ``quick`` does 2 runs per case, else 5."""
+    """Print the tables (see the module docstring); ``quick`` does 2 runs per case, else 5."""
+    journal_cost()
+    print()
     print(f"supernode: failover on a LAN bridge, 3 members, {PODS} pods (medians)")
     reason = netbed_available()
     if reason is not None:

@@ -19,11 +19,15 @@ module gives it three things of ours:
   ``SyncObjConsumer`` that wraps :class:`~supernode.state.SupernodeState`. Commands and
   snapshots carry only JSON text, so pysyncobj's pickles hold built-in types only.
 
+* **durability**: the journal is a :class:`~supernode.journal.DurableJournal`, synced (one
+  ``fdatasync`` for what changed) before any message leaves this node and at the end of every
+  tick and delivery: an entry is on disk before this member acknowledges it, and before a
+  change's result reaches the caller; term and vote are stored durably before the vote or
+  request that carries them is sent.
+
 pysyncobj pickles log entries and snapshots between members; pickles are only ever read from
 members of the supernode, authenticated by their certificates, which are trusted to place
-workloads here anyway. Its journal (``journalFile``) survives a crash of the agent but is not
-fsynced: after a power cut a member may have lost its last entries and catches up from the
-others (docs/supernode.md).
+workloads here anyway.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from pysyncobj.transport import Transport
 
 from agent.errors import RemoteProtocolError
 from supernode.errors import NoQuorumError, ProposalError
+from supernode.journal import DurableJournal
 from supernode.state import SupernodeState
 from supernode.timing import Timing
 
@@ -115,6 +120,7 @@ class MeshTransport(Transport):  # type: ignore[misc]  # pysyncobj has no type h
         nodes: node IDs of the other members.
         on_nodes: called with the node IDs after pysyncobj added or dropped a node (a
             membership change was applied).
+        before_send: called before each message is handed to ``send`` (the journal's sync).
     """
 
     def __init__(
@@ -122,10 +128,12 @@ class MeshTransport(Transport):  # type: ignore[misc]  # pysyncobj has no type h
         send: Callable[[str, bytes], bool],
         nodes: Iterable[str],
         on_nodes: Callable[[set[str]], None],
+        before_send: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(None, None, [])
         self._send = send
         self._on_nodes = on_nodes
+        self._before_send = before_send
         self.nodes: dict[str, Node] = {n: Node(n) for n in nodes}
         self.connected: set[str] = set()
 
@@ -146,6 +154,7 @@ class MeshTransport(Transport):  # type: ignore[misc]  # pysyncobj has no type h
         """Encode and queue ``message`` for ``node``; False when it is not connected."""
         if node.id not in self.connected:
             return False
+        self._before_send()
         return self._send(node.id, encode_message(message))
 
     def set_connected(self, node_ids: set[str]) -> None:
@@ -193,7 +202,9 @@ class _Replicated(SyncObjConsumer):  # type: ignore[misc]
         self.on_applied()
 
 
-def _conf(timing: Timing, files: Path | None, quiet: bool) -> SyncObjConf:
+def _conf(
+    timing: Timing, journal: DurableJournal | None, files: Path | None, quiet: bool
+) -> SyncObjConf:
     election_min = 3600.0 if quiet else timing.election_min
     election_max = 3601.0 if quiet else timing.election_max
     return SyncObjConf(
@@ -209,7 +220,7 @@ def _conf(timing: Timing, files: Path | None, quiet: bool) -> SyncObjConf:
         appendEntriesBatchSizeBytes=BATCH_BYTES,
         logCompactionBatchSize=BATCH_BYTES,
         useFork=False,
-        journalFile=str(files / "raft.journal") if files is not None else None,
+        journalFile=journal,  # our journal object: see supernode.journal
         fullDumpFile=str(files / "raft.dump") if files is not None else None,
     )
 
@@ -224,7 +235,8 @@ class RaftNode:
         state: the state machine to replicate into.
         timing: timeouts to start with (:meth:`set_timing` changes them later).
         send: queues an encoded message for a member (see :class:`MeshTransport`).
-        files: directory for the journal and snapshot; None keeps them in memory (tests).
+        files: directory for the journal (``raft.log``, ``raft.log.meta``) and the snapshot
+            (``raft.dump``); None keeps them in memory (tests).
         quiet: start without elections (a joining node that has not heard a leader yet must
             not disrupt the members with a higher term); :meth:`set_timing` ends it.
         on_applied: called after each applied command (in a tick).
@@ -247,9 +259,10 @@ class RaftNode:
         others = sorted(set(others) - {me})
         self.me = me
         self.state = state
-        self.transport = MeshTransport(send, others, on_nodes)
+        self.journal = DurableJournal(files / "raft.log") if files is not None else None
+        self.transport = MeshTransport(send, others, on_nodes, self.sync)
         self._consumer = _Replicated(state, on_applied)
-        self._conf = _conf(timing, files, quiet)
+        self._conf = _conf(timing, self.journal, files, quiet)
         self._syncobj = SyncObj(
             Node(me),
             [Node(n) for n in others],
@@ -265,6 +278,7 @@ class RaftNode:
         """One pysyncobj tick: timers, elections, commits, applies, sends."""
         self.transport.set_connected(connected)
         self._syncobj.doTick(0.0)
+        self.sync()
 
     def deliver(self, node_id: str, message: dict[str, Any]) -> bool:
         """Process one message from ``node_id`` (see :meth:`MeshTransport.deliver`).
@@ -277,6 +291,14 @@ class RaftNode:
         except (KeyError, TypeError, ValueError, IndexError) as err:
             log.warning("raft message %s from %s rejected: %s", message.get("type"), node_id, err)
             return True
+        finally:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make the journal's changes durable (see :mod:`supernode.journal`); called before
+        every message this node sends and after every tick and delivery."""
+        if self.journal is not None:
+            self.journal.sync()
 
     def set_timing(self, timing: Timing) -> None:
         """Use new timeouts from now on (pysyncobj reads its configuration live); ends quiet

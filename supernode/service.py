@@ -13,6 +13,8 @@ members of the Raft configuration):
 * ``supernode.raft`` — a batch of Raft messages; ``supernode.report`` — a member's report.
 * ``supernode.pods`` ``{"after"}`` — this member's supernode pods as Pod objects (paged);
   ``supernode.pod`` ``{"namespace", "name"}`` — one of them, or None.
+* ``supernode.log.open|read|close`` and ``supernode.exec`` — logs and exec of the supernode
+  pods placed on this member, for the others (:mod:`supernode.proxy`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +41,7 @@ from agent.errors import (
     NotFoundError,
 )
 from agent.identity import Identity, short_id
-from agent.mesh import Mesh
+from agent.mesh import Mesh, PeerRequestHandler
 from agent.reconciler import Reconciler
 from agent.runtimes import RuntimeRegistry
 from agent.store import StoredPod
@@ -53,6 +55,7 @@ from supernode.pods import (
     pod_object,
     record_for,
 )
+from supernode.proxy import LogOpener, LogStreams, run_exec
 from supernode.state import PodRecord, pod_key
 
 if TYPE_CHECKING:
@@ -102,6 +105,7 @@ class Supernode:
         self.default_runtime = default_runtime
         self.membership: Membership | None = None
         self._busy = asyncio.Lock()
+        self.log_streams: LogStreams | None = None
 
     # ----------------------------------------------------------------- config
 
@@ -162,16 +166,51 @@ class Supernode:
             ("supernode.report", self._on_report),
             ("supernode.pods", self._on_pods),
             ("supernode.pod", self._on_pod),
+            ("supernode.exec", self._on_exec),
         ):
             self.mesh.on_peer_request(method, handler)
+        if self.log_streams is not None:
+            streams = self.log_streams
+            for method, handler in (
+                ("supernode.log.open", streams.on_open),
+                ("supernode.log.read", streams.on_read),
+                ("supernode.log.close", streams.on_close),
+            ):
+                self.mesh.on_peer_request(method, self._members_only(handler))
         config = self._read_config()
         if config is not None:
             members = {m for m in config.get("members", []) if isinstance(m, str)}
             self.membership = await self._run(members - {self.me}, config["name"], quiet=False)
             log.info("supernode %s: member again, %d members known", config["name"], len(members))
 
+    def serve_logs(self, opener: LogOpener) -> None:
+        """Serve the logs of the supernode pods placed here to the other members (before
+        :meth:`start`); ``opener`` opens a local pod's log, as this node's log route does."""
+
+        async def placed_here(
+            namespace: str, name: str, query: Mapping[str, list[str]]
+        ) -> AsyncIterator[bytes]:
+            self._placed_here(namespace, name)
+            return await opener(namespace, name, query)
+
+        self.log_streams = LogStreams(placed_here)
+
+    def _members_only(self, handler: PeerRequestHandler) -> PeerRequestHandler:
+        async def serve(peer: str, body: Any) -> Any:
+            self._from_member(peer)
+            return await handler(peer, body)
+
+        return serve
+
+    def _placed_here(self, namespace: str, name: str) -> None:
+        record = self.record(namespace, name)
+        if record is None or record.member != self.me:
+            raise NotFoundError(f'supernode pod "{namespace}/{name}" is not placed on this member')
+
     async def stop(self) -> None:
         """Stop taking part (the membership stays: the next start resumes it)."""
+        if self.log_streams is not None:
+            await self.log_streams.close_all()
         if self.membership is not None:
             await self.membership.stop()
             self.membership = None
@@ -456,6 +495,17 @@ class Supernode:
         except NotFoundError:
             return None
         return self.reconciler.pod_object(stored) if is_supernode_pod(stored) else None
+
+    async def _on_exec(self, peer: str, body: Any) -> dict[str, Any]:
+        self._from_member(peer)
+        if not isinstance(body, dict):
+            raise BadRequestError("supernode.exec: expected {namespace, name, container, command}")
+        namespace, name = str(body.get("namespace")), str(body.get("name"))
+        try:
+            self._placed_here(namespace, name)
+        except NotFoundError as err:
+            return {"error": {"status": 404, "reason": "NotFound", "message": err.message}}
+        return await run_exec(self.reconciler.store, self.runtimes, body)
 
     # ----------------------------------------------------------------- pods
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 
 from agent.apiclient import ApiClient
-from tests.integration.conftest import Agent
+from tests.integration.conftest import CLI, Agent
 from tests.netbed import NetBed, NetNode, netbed_available
 
 pytestmark = [
@@ -45,7 +46,7 @@ def request(agent: Agent, method: str, path: str, body: Any = None) -> Any:
         return client.request(method, path, body=body)
 
 
-def start(make_agent: MakeAgent, bed: NetBed, name: str, labels: str = "") -> Agent:
+def start(make_agent: MakeAgent, bed: NetBed, name: str, labels: str = "", **extra: str) -> Agent:
     node = bed.nodes.get(name) or bed.add_node(name)
     env = {
         "FLORETE_INTERFACES": "eth0",
@@ -53,6 +54,7 @@ def start(make_agent: MakeAgent, bed: NetBed, name: str, labels: str = "") -> Ag
         "FLORETE_MDNS": "on",
         "FLORETE_NODE_NAME": name,
         "FLORETE_LOG_LEVEL": "info",
+        **extra,
     }
     if labels:
         config = Path(tempfile.mkdtemp(prefix="flsn-")) / "agent.toml"
@@ -62,10 +64,16 @@ def start(make_agent: MakeAgent, bed: NetBed, name: str, labels: str = "") -> Ag
 
 
 def mesh_of(
-    make_agent: MakeAgent, bed: NetBed, names: list[str], labels: dict[str, str] | None = None
+    make_agent: MakeAgent,
+    bed: NetBed,
+    names: list[str],
+    labels: dict[str, str] | None = None,
+    **extra: str,
 ) -> dict[str, Agent]:
     """Agents that all trust each other, with a session between every pair."""
-    agents = {name: start(make_agent, bed, name, (labels or {}).get(name, "")) for name in names}
+    agents = {
+        name: start(make_agent, bed, name, (labels or {}).get(name, ""), **extra) for name in names
+    }
     WATCHED[:] = agents.values()
     pems = {n: request(a, "GET", f"{GROUP}/certificate")["certificate"] for n, a in agents.items()}
     for name, agent in agents.items():
@@ -353,3 +361,101 @@ def test_five_members_partition_heal_and_lossy_links(bed: NetBed, make_agent: Ma
     time.sleep(10)
     assert status(view)["term"] == stable_term  # no election for 10+ s at 5 % loss per hop
     say(f"lossy links: {settled['timing']['summary']}; term unchanged")
+
+
+TICKER = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  nodeName: b
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    command: [sh, -c, 'i=0; while true; do echo "line $i"; i=$((i+1)); sleep 0.1; done']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  nodeName: b
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    command: [sh, -c, 'echo "run $(cat /proc/sys/kernel/random/uuid)"; sleep 0.5; exit 3']
+"""
+
+
+def numbers(text: str) -> list[int]:
+    return [int(line.split()[1]) for line in text.splitlines() if line.startswith("line ")]
+
+
+@pytest.mark.timeout(300)
+def test_logs_and_exec_of_a_pod_on_another_member(bed: NetBed, make_agent: MakeAgent) -> None:
+    agents = mesh_of(make_agent, bed, ["a", "b"], FLORETE_API_LISTEN="127.0.0.1:0")
+    make_supernode(agents)
+    a, b = agents["a"], agents["b"]
+    a.apply(TICKER)
+    a.wait_for("ticker runs on b", lambda: a.pod("ticker")["spec"]["nodeName"] == "b", 30)
+    b.wait_running("ticker")
+    a.wait_for("ten lines", lambda: len(numbers(b.cli("logs", "ticker").stdout)) >= 10, 30)
+
+    # logs through a of the pod on b: the whole log, a tail, and the same as b shows
+    whole = numbers(a.cli("logs", "ticker").stdout)
+    assert whole[:10] == list(range(10))
+    assert numbers(b.cli("logs", "ticker").stdout)[: len(whole)] == whole
+    tail = numbers(a.cli("logs", "ticker", "--tail", "3").stdout)
+    assert len(tail) == 3
+    assert tail == list(range(tail[0], tail[0] + 3))
+    assert tail[0] >= whole[-1] - 2
+    missing = a.cli("logs", "ticker", "-c", "nope", check=False)
+    assert missing.returncode == 1
+    assert "container nope is not valid for pod ticker" in missing.stderr
+
+    # follow: lines keep coming, in order, none lost or repeated, through the member's stream
+    follow = subprocess.Popen(
+        [*CLI, "logs", "-f", "ticker", "--tail", "1"], env=a.env, stdout=subprocess.PIPE, text=True
+    )
+    assert follow.stdout is not None
+    try:
+        got = [int(follow.stdout.readline().split()[1]) for _ in range(40)]
+    finally:
+        follow.kill()
+        follow.wait()
+        follow.stdout.close()
+    assert got == list(range(got[0], got[0] + 40))
+
+    # kubectl against a (its TCP API, inside a's namespace): logs and exec of the pod on b
+    root = Path(tempfile.mkdtemp(prefix="flsn-kube-"))
+    a.cli("kubeconfig", "--file", str(root / "config"), "--user", "tester")
+    (root / "home").mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "FLORETE_"))},
+        "KUBECONFIG": str(root / "config"),
+        "HOME": str(root / "home"),
+    }
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = bed.nodes["a"].argv(["kubectl", "--request-timeout=60s", *args])
+        return subprocess.run(argv, env=env, text=True, capture_output=True, timeout=90)
+
+    assert len(numbers(kubectl("logs", "ticker", "--tail=2").stdout)) == 2
+    mac_b = bed.nodes["b"].run(["cat", "/sys/class/net/eth0/address"]).strip()
+    ran = kubectl("exec", "ticker", "--", "sh", "-c", "cat /sys/class/net/eth0/address; exit 3")
+    assert ran.returncode == 3, ran.stderr
+    assert ran.stdout.strip() == mac_b  # it ran in b's namespace, where the pod is
+    ok = kubectl("exec", "ticker", "--", "echo", "hello")
+    assert (ok.returncode, ok.stdout) == (0, "hello\n")
+    interactive = kubectl("exec", "-i", "ticker", "--", "cat")
+    assert interactive.returncode != 0
+    assert "interactive exec (-i, -t) of a pod on another member" in interactive.stderr
+
+    # the previous instance's log of a container that restarted on b
+    b.wait_for(
+        "crasher restarted",
+        lambda: a.pod("crasher")["status"]["containerStatuses"][0]["restartCount"] >= 1,
+        60,
+    )
+    previous = a.cli("logs", "crasher", "--previous").stdout
+    assert previous.startswith("run ")
+    assert previous == b.cli("logs", "crasher", "--previous").stdout
