@@ -5,6 +5,7 @@ Examples::
     florete-agent pair                         # show a code and a QR code, wait for the peer
     florete-agent pair 4821-0937               # on the other device: pair with the code shown
     florete-agent pair ssh://pi@robot.local     # pair with a robot over SSH
+    florete-agent pair --install ssh://pi@new-robot   # ... installing the agent there
     florete-agent pair ssh://phone:8022         # a phone in Termux
     florete-agent unpair robot                 # revoke; sessions close on both sides
 
@@ -70,6 +71,25 @@ def add_parsers(
         "--remote-command",
         default="florete-agent",
         help="how to run florete-agent on the remote host (default: florete-agent)",
+    )
+    ssh.add_argument(
+        "-y",
+        "--yes",
+        "--install",
+        dest="install",
+        action="store_true",
+        default=None,
+        help="install (or start) florete-agent on the remote host without asking when it is "
+        "missing there (into ~/.local/lib/florete-agent, for the login user)",
+    )
+    ssh.add_argument(
+        "--wheelhouse",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="more wheels to copy when installing (for a host of another CPU or Python "
+        "that has no network)",
     )
     p.set_defaults(func=lambda args: _pair(args, client))
 
@@ -179,6 +199,8 @@ def _ssh(args: argparse.Namespace, client: Client) -> int:
                 ask=ask,
                 ask_secret=getpass.getpass,
                 say=say,
+                install=args.install,
+                wheelhouse=args.wheelhouse,
             )
         )
     except FloreteError as err:
@@ -187,6 +209,10 @@ def _ssh(args: argparse.Namespace, client: Client) -> int:
     print(f"Paired with {added['spec']['name']} ({added['metadata']['name']}) over SSH")
     print(f"Fingerprint: {added['status']['fingerprint']}")
     print(f"Remote agent: {remote.version.splitlines()[-1] if remote.version else '?'}")
+    if remote.installed:
+        print(f"Installed on {target.host} for {remote.user}: ~/{ssh.LAUNCHER} (started)")
+    elif remote.started:
+        print(f"Started on {target.host} as {remote.user}: ~/{ssh.LAUNCHER} run")
     return 0
 
 

@@ -7,6 +7,9 @@
 * :mod:`agent.pairing.flow`: the sans-IO flows of the shower and the joiner.
 * :mod:`agent.pairing.service`: the asyncio adapter over the mesh's untrusted sessions.
 * :mod:`agent.pairing.ssh`: pairing over an SSH login (run by the CLI).
+* :mod:`agent.pairing.ssh_remote`: the remote host's side of it: find, install, start the agent.
+* :mod:`agent.pairing.wheelhouse`: wheels of the running agent, packed from its installation.
+* :mod:`agent.pairing.remote_setup`: the stdlib-only script that installs and starts it there.
 
 The ``spake2`` package is imported only here, so an agent that never pairs does not load it.
 """

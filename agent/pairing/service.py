@@ -8,7 +8,8 @@ task, and carries out what the flows ask: send, trust (source ``"pairing"``), cl
 While a code is shown the node announces ``pair=1.<n>`` in its mDNS ``caps`` (see
 :meth:`agent.discovery.Discovery.set_pairing`); the joiner picks the one neighbour that
 announces it (or the node a scanned QR URI names, or ``--peer``). Radio neighbours announce
-nothing: when no IP neighbour shows a code, untrusted radio neighbours are the candidates.
+nothing: when no IP neighbour shows a code, the one untrusted radio neighbour heard is the
+candidate (at once when mDNS does not run here; otherwise after ``discover_timeout``).
 
 Unpairing sends ``pairing.unpair`` over the established session before revoking, so that the
 peer revokes this node too and both sides close their sessions at once; a peer that cannot be
@@ -151,6 +152,7 @@ class PairingService:
         self.store = store
         self.settings = settings or PairingSettings()
         self.announce: Callable[[bool], Awaitable[None]] | None = None
+        self._mdns: bool | None = None  # mDNS runs here; None: not known yet (starting)
         self._clock = clock
         self._wall = wall_clock
         self._der = identity.certificate.public_bytes(serialization.Encoding.DER)
@@ -188,8 +190,10 @@ class PairingService:
         """Done callback of the daemon's mDNS start: announce ``pair=1.<n>`` through it from now
         on (mDNS off or failed: joiners must name this node, e.g. with the QR code's URI)."""
         if task.cancelled() or task.exception() is not None:
+            self._mdns = False
             return
         discovery = task.result()
+        self._mdns = discovery is not None
         if discovery is None:
             return
         self.announce = discovery.set_pairing
@@ -382,21 +386,30 @@ class PairingService:
                 for n in self.table.neighbours()
                 if n.capabilities.get("pair", "").startswith("1.") and n.state != "gone"
             ]
-            if showing or self._clock() > deadline:
-                break
-            await asyncio.sleep(0.1)
-        if not showing:
             radios = [
                 n
                 for n in self.table.neighbours()
                 if any(link.startswith("serial_radio:") for link in n.links)
                 and self.table.trust_of(n.node_id) != "trusted"
+                and n.state != "gone"
             ]
+            # Without mDNS here no network neighbour can be seen showing a code: a radio
+            # neighbour heard is the answer, with no wait for announcements that cannot come.
+            if showing or self._clock() > deadline or (radios and self._mdns is False):
+                break
+            await asyncio.sleep(0.1)
+        if not showing:
             if len(radios) == 1:
                 return radios[0].node_id
+            if radios:
+                names = ", ".join(f"{n.name} ({short_id(n.node_id)})" for n in radios)
+                raise BadRequestError(
+                    f"no neighbour on the network shows a pairing code, and several unpaired "
+                    f"radio neighbours are heard: {names}; choose one with --peer NAME"
+                )
             raise NotFoundError(
                 "no neighbour shows a pairing code: run `florete-agent pair` on the other "
-                "device first (both on the same network, with mDNS on)"
+                "device first (both on the same network with mDNS on, or on one radio link)"
             )
         if len(showing) > 1:
             names = ", ".join(f"{n.name} ({short_id(n.node_id)})" for n in showing)
