@@ -88,6 +88,11 @@ class LinkMetrics:
         tx_frames: datagrams sent.
         rejected_frames: frames dropped by the framing layer (CRC or stuffing errors, oversize).
         up: True while the device is open and (with ARQ) the peer answers.
+        rx_goodput_bytes: message bytes delivered whole and in order to the reader (ARQ only;
+            0 for a bare channel); their rate is the receive goodput.
+        tx_goodput_bytes: message bytes the peer acknowledged as received in order (ARQ only;
+            0 for a bare channel); their rate is the send goodput. Neither counts headers,
+            framing, retransmissions, ACKs or keepalives.
     """
 
     rtt: float | None = None
@@ -99,6 +104,8 @@ class LinkMetrics:
     tx_frames: int = 0
     rejected_frames: int = 0
     up: bool = False
+    rx_goodput_bytes: int = 0
+    tx_goodput_bytes: int = 0
 
 
 class DatagramChannel(abc.ABC):

@@ -38,6 +38,8 @@ class TxFrame:
         seq: sequence number.
         payload: payload bytes (segments with their lengths when ``packed``).
         end: the payload's last segment ends a message.
+        packed: the payload is a run of segments with LEB128 lengths.
+        data: bytes of messages carried, without the segment lengths (for goodput).
         sent_at: time of the latest transmission, seconds.
         order: transmission counter at the latest transmission (RACK ordering).
         retx: times retransmitted (Karn's rule: no RTT sample once > 0).
@@ -49,6 +51,7 @@ class TxFrame:
     payload: bytes
     end: bool
     packed: bool = False
+    data: int = 0
     sent_at: float = 0.0
     order: int = 0
     retx: int = 0
@@ -75,6 +78,9 @@ class SendWindow:
         self._sacked = 0  # frames in flight SACKed
         self._order = 0
         self.rack_order = 0
+        self.acked_data = 0
+        """Message bytes of the frames cumulatively acknowledged so far (no segment lengths,
+        each frame once however often it was sent): RFC 4898's ``HCThruOctetsAcked``."""
 
     @property
     def in_flight(self) -> int:
@@ -117,7 +123,7 @@ class SendWindow:
                 queue.popleft()
                 self._offset = 0
             self.queued_bytes -= len(chunk)
-            return self._put(chunk, end, packed=False)
+            return self._put(chunk, end, len(chunk), packed=False)
         segments = [msg[off:] if off else msg]
         queue.popleft()
         taken, end = rest, True
@@ -137,10 +143,10 @@ class SendWindow:
             self._offset, taken, end = part, taken + part, False
             break
         self.queued_bytes -= taken
-        return self._put(pack_segments(segments), end, packed=True)
+        return self._put(pack_segments(segments), end, taken, packed=True)
 
-    def _put(self, payload: bytes, end: bool, *, packed: bool) -> TxFrame:
-        frame = TxFrame(self.nxt, payload, end, packed)
+    def _put(self, payload: bytes, end: bool, data: int, *, packed: bool) -> TxFrame:
+        frame = TxFrame(self.nxt, payload, end, packed, data)
         self.inflight[self.nxt] = frame
         self.inflight_bytes += len(payload)
         self.nxt = seq_add(self.nxt, 1)
@@ -207,6 +213,7 @@ class SendWindow:
         while self.una != ack.cum:
             f = inflight.pop(self.una)
             self.inflight_bytes -= len(f.payload)
+            self.acked_data += f.data
             if f.sacked:
                 self._sacked -= 1
             else:
