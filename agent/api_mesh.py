@@ -1,7 +1,9 @@
 """API routes of the mesh under ``/apis/florete.io/v1alpha1/``: neighbours, links and peers.
 
 * ``GET neighbours`` -> ``NeighbourList``: the neighbour table (:meth:`NeighbourTable.snapshot`).
-* ``GET links`` -> ``LinkList``: every link with its session state and live metrics.
+* ``GET links`` -> ``LinkList``: every link with its session state and live metrics
+  (``rxGoodputBytes``/``txGoodputBytes``: message bytes delivered in order / acknowledged in
+  order, from the start of the link's current ARQ stream).
 * ``GET peers`` -> ``PeerList``: the trust store (trusted and revoked peers).
 * ``POST peers`` with ``{"certificate": "<PEM>", "name": "<optional>"}`` -> the ``Peer``
   (201): trust a node out of band, as an SSH ``known_hosts`` line or a WireGuard public key.

@@ -299,6 +299,8 @@ class _Link:
             "retransmissions": m.retransmissions,
             "rxBytes": m.rx_bytes,
             "txBytes": m.tx_bytes,
+            "rxGoodputBytes": m.rx_goodput_bytes,
+            "txGoodputBytes": m.tx_goodput_bytes,
             "rejectedFrames": m.rejected_frames,
             "sessions": s.sessions,
             "since": s.since,

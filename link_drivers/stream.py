@@ -148,7 +148,8 @@ class ArqStream(ReliableStream):
 
     @property
     def metrics(self) -> LinkMetrics:
-        """Channel counters with ARQ figures (SRTT, retransmissions, loss share)."""
+        """Channel counters with ARQ figures (SRTT, retransmissions, loss share, goodput
+        bytes: ``ArqStats.bytes_delivered`` and ``ArqStats.bytes_acked``)."""
         ch = self.channel.metrics
         st = self.session.stats
         return LinkMetrics(
@@ -161,6 +162,8 @@ class ArqStream(ReliableStream):
             tx_frames=ch.tx_frames,
             rejected_frames=ch.rejected_frames,
             up=self.up,
+            rx_goodput_bytes=st.bytes_delivered,
+            tx_goodput_bytes=st.bytes_acked,
         )
 
     async def wait_connected(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -145,23 +146,73 @@ async def test_neighbours_and_links_show_live_metrics(pair: Pair) -> None:
         await until(pilot, lambda: screen.loaded, "details")
         assert f"nodeID: {pair.b_id}" in screen_text(app)
         await pilot.press("escape", "colon", *"links", "enter")
+        await until(pilot, lambda: any(r[1] == "tui-b" for r in rows(app)), "the link")
+        row = next(r for r in rows(app) if r[1] == "tui-b")
+        assert row[:3] == ["udp/lo", "tui-b", "up"]
+        assert re.fullmatch(r"\d+\.\dms", row[3]), row
+        assert re.fullmatch(r"\d+\.\d%", row[4]), row
+        assert row[7] == "-"  # a UDP link has no radio signal
+        await pilot.press("enter")
+        await until(pilot, lambda: "rxBytes:" in screen_text(app), "link details")
+
+
+def goodput_counters(pair: Pair) -> tuple[int, int, int, int]:
+    """rxGoodputBytes, txGoodputBytes, rxBytes, txBytes of tui-a's link to tui-b, from
+    ``florete-agent links -o json``."""
+    items = json.loads(pair.a.cli("links", "-o", "json").stdout)["items"]
+    link = next(i for i in items if i["nodeID"] == pair.b_id)
+    return link["rxGoodputBytes"], link["txGoodputBytes"], link["rxBytes"], link["txBytes"]
+
+
+async def test_links_show_goodput_signal_and_rates_of_every_byte(pair: Pair) -> None:
+    before = goodput_counters(pair)
+    assert all(isinstance(n, int) for n in before), before
+    assert before[0] <= before[2]  # payload is part of the bytes on the link
+    assert before[1] <= before[3]
+    app = start_tui(pair.a, view="links")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
 
         def link() -> list[str]:
             return next((r for r in rows(app) if r[1] == "tui-b"), [])
 
-        # Keepalives move bytes every second or so: the rates need two polls that differ.
-        await until(pilot, lambda: link()[8:9] not in ([], ["-"]), "a receive rate")
+        await until(pilot, lambda: link()[5:6] not in ([], ["-"]), "the first rates")
+        assert screen_text(app).splitlines()[1].split() == [
+            "LINK", "PEER", "STATE", "RTT", "LOSS", "GOODPUT-RX", "GOODPUT-TX", "SIGNAL"
+        ]  # fmt: skip
         row = link()
-        assert row[0] == "udp/lo"
-        assert row[2:4] == ["established", "yes"]
-        assert re.fullmatch(r"\d+\.\dms", row[4])
-        assert re.fullmatch(r"\d+\.\d%", row[5])
-        assert re.fullmatch(r"\d+(B|\.\dKiB)", row[6]), row
-        assert re.fullmatch(r"\d+(B|\.\dKiB)/s", row[8]), row
-        first_rx = row[6]
-        await until(pilot, lambda: link()[6] != first_rx, "received bytes to grow")
-        await pilot.press("enter")
-        await until(pilot, lambda: "rxBytes:" in screen_text(app), "link details")
+        assert row[:3] == ["udp/lo", "tui-b", "up"]
+        assert re.fullmatch(r"\d+(B|\.\dKiB)/s", row[5]), row
+        assert re.fullmatch(r"\d+(B|\.\dKiB)/s", row[6]), row
+        assert row[7] == "-"
+        # Requests and answers are payload: both goodput rates rise above zero.
+        pings = asyncio.create_task(
+            asyncio.to_thread(pair.a.cli, "ping", "tui-b", "-c", "40", "-i", "0.05")
+        )
+        try:
+            moving = re.compile(r"[1-9]\d*B/s|\d+\.\dKiB/s")
+            await until(
+                pilot,
+                lambda: bool(moving.fullmatch(link()[5]) and moving.fullmatch(link()[6])),
+                "goodput in both directions",
+            )
+            await pilot.press("enter")
+            await until(pilot, lambda: "rxBytes:" in screen_text(app), "link details")
+            text = screen_text(app)
+            assert re.search(r"Rates between the last two refreshes, \d+\.\d s apart:", text)
+            assert re.search(r"goodput +RX \S+/s +TX \S+/s +payload in order", text), text
+            assert re.search(r"link +RX \S+/s +TX \S+/s +every byte on the link", text), text
+            await pilot.press("slash", *"goodputbytes", "enter")  # below the fold
+            await until(pilot, lambda: "txGoodputBytes:" in screen_text(app), "the counters")
+            assert re.search(r"rxGoodputBytes: [1-9]\d*\b", screen_text(app))
+        finally:
+            await pings
+    after = goodput_counters(pair)
+    assert after[0] > before[0], (before, after)
+    assert after[1] > before[1], (before, after)
+    # 40 requests and answers (TLS records) are payload; the link also carried ARQ headers,
+    # ACKs and keepalives.
+    assert after[0] - before[0] < after[2] - before[2]
+    assert after[1] - before[1] < after[3] - before[3]
 
 
 async def test_peers_list_and_details(pair: Pair) -> None:
