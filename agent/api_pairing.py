@@ -1,14 +1,19 @@
 """API routes of pairing under ``/apis/florete.io/v1alpha1/`` (see docs/pairing.md).
 
-* ``POST pairing`` -> ``{"code": "4821-0937", "uri": "florete://pair?...", "expiresAt",
-  "expiresInSeconds", "maxFailures", "nodeID", "name"}`` (201): show a new one-time code (the
-  previous one stops working); the node announces ``pair=1.<n>`` over mDNS while it is shown.
+* ``POST pairing`` with an optional ``{"supernode": "<name>"}`` -> ``{"code": "4821-0937",
+  "uri": "florete://pair?...", "expiresAt", "expiresInSeconds", "maxFailures", "nodeID", "name",
+  "supernode"}`` (201): show a new one-time code (the previous one stops working); the node
+  announces ``pair=1.<n>`` over mDNS while it is shown. With ``supernode`` the code also invites
+  the joiner into that supernode, of which this node must be a member (404 otherwise).
 * ``GET pairing`` -> ``PairingStatus``: the shown code's state, failures, events and, once
-  paired, the peer (never the code).
+  paired, the peer (never the code); ``supernode`` is ``{"name", "answer"}`` when inviting.
 * ``DELETE pairing`` -> ``PairingStatus``: stop showing the code.
-* ``POST pairing/join`` with ``{"code": "4821-0937" or a pairing URI, "peer": optional name}``
-  -> ``{"nodeID", "name", "fingerprint", "address"}``: pair with the neighbour that shows the
-  code; a failed attempt is a 403 ``Status`` whose message says why.
+* ``POST pairing/join`` with ``{"code": "4821-0937" or a pairing URI, "peer": optional name,
+  "acceptInvitation": optional bool, default true}`` -> ``{"nodeID", "name", "fingerprint",
+  "address", "supernode"}``: pair with the neighbour that shows the code; a failed attempt is a
+  403 ``Status`` whose message says why. ``supernode`` is the invitation that came with the
+  code, ``{"name", "answer", "memberOf"}`` (answer ``accepted``, ``declined`` or ``member``), or
+  null; accepting does not join: the client then asks ``POST supernode/join``.
 * ``POST pairing/peers`` with ``{"certificate": PEM, "name": optional, "address": optional}``
   -> the ``Peer`` (201): trust a certificate exchanged over an authenticated channel (SSH
   pairing), with source ``pairing`` and the address it was reached at.
@@ -71,8 +76,18 @@ class PairingApi:
         }
 
     async def show(self, request: Request) -> Response:
-        """``POST pairing``: a new code."""
-        return Response.json(await self.service.show(), status=201)
+        """``POST pairing``: a new code, maybe inviting into a supernode.
+
+        Raises:
+            BadRequestError: a body that is not an object, or ``supernode`` not a string.
+        """
+        body = request.json() if request.body else {}
+        if not isinstance(body, dict):
+            raise BadRequestError('expected a JSON object {"supernode": "<name>"} or nothing')
+        invite = body.get("supernode")
+        if invite is not None and not isinstance(invite, str):
+            raise BadRequestError("supernode: expected a string")
+        return Response.json(await self.service.show(invite), status=201)
 
     async def status(self, request: Request) -> Response:
         """``GET pairing``: the shown code's state."""
@@ -87,15 +102,19 @@ class PairingApi:
         """``POST pairing/join``: pair using a code shown elsewhere.
 
         Raises:
-            BadRequestError: no ``code`` string, a bad ``peer``, or a malformed code.
+            BadRequestError: no ``code`` string, a bad ``peer`` or ``acceptInvitation``, or a
+                malformed code.
         """
         body = request.json()
         if not isinstance(body, dict) or not isinstance(body.get("code"), str):
             raise BadRequestError('expected a JSON object {"code": "1234-5678"}')
-        peer = body.get("peer")
+        peer, accept = body.get("peer"), body.get("acceptInvitation", True)
         if peer is not None and not isinstance(peer, str):
             raise BadRequestError("peer: expected a string")
-        result = await self.service.join(parse_target(body["code"]), peer)
+        if not isinstance(accept, bool):
+            raise BadRequestError("acceptInvitation: expected true or false")
+        target = parse_target(body["code"])
+        result = await self.service.join(target, peer, accept_invitation=accept)
         return Response.json(result)
 
     async def add_peer(self, request: Request) -> Response:

@@ -4,13 +4,18 @@ Examples::
 
     florete-agent pair                         # show a code and a QR code, wait for the peer
     florete-agent pair 4821-0937               # on the other device: pair with the code shown
+    florete-agent pair --supernode rover       # a member of rover: the code also invites
+    florete-agent pair 4821-0937               # ... there: pairs, then joins rover
+    florete-agent pair 4821-0937 --no-supernode    # ... or pairs only
     florete-agent pair ssh://pi@robot.local     # pair with a robot over SSH
     florete-agent pair --install ssh://pi@new-robot   # ... installing the agent there
     florete-agent pair ssh://phone:8022         # a phone in Termux
     florete-agent unpair robot                 # revoke; sessions close on both sides
 
-Exit codes: 0 paired (or unpaired), 1 failed (wrong code, expired, refused...), 2 usage,
-130 interrupted (the code shown stops working).
+Exit codes: 0 paired (or unpaired; with an invitation: and joined, declined or a member of it
+already), 1 failed (wrong code, expired, refused...; or paired but not joined the supernode it
+was invited into), 2 usage, 130 interrupted (the code shown stops working; once paired, the
+pairing stays).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.cli_supernode import await_invited, join_invited
 from agent.errors import ApiError, FloreteError
 
 __all__ = ["add_parsers"]
@@ -57,6 +63,19 @@ def add_parsers(
     p.add_argument("target", nargs="?", metavar="TARGET", help="CODE, pairing URI or ssh://...")
     p.add_argument("--peer", help="the neighbour to pair with, when several show a code")
     p.add_argument("--no-qr", action="store_true", help="do not draw the QR code")
+    sn = p.add_argument_group("invitation into a supernode")
+    sn.add_argument(
+        "--supernode",
+        metavar="NAME",
+        help="(without TARGET) the code also invites the other device into supernode NAME, "
+        "of which this node is a member: once paired, it joins",
+    )
+    sn.add_argument(
+        "--no-supernode",
+        action="store_true",
+        help="(with a CODE) pair only: decline an invitation into a supernode that comes "
+        "with the code",
+    )
     ssh = p.add_argument_group("SSH pairing")
     ssh.add_argument(
         "-i", "--identity-file", action="append", type=Path, default=[], help="SSH private key"
@@ -103,6 +122,18 @@ def add_parsers(
 def _pair(args: argparse.Namespace, client: Client) -> int:
     args.request_timeout = max(args.request_timeout, 90.0)
     target = args.target
+    if args.supernode is not None and target is not None:
+        print(
+            "pair: --supernode goes with `pair` alone, on the device that shows the code",
+            file=sys.stderr,
+        )
+        return 2
+    if args.no_supernode and (target is None or target.startswith("ssh://")):
+        print(
+            "pair: --no-supernode goes with `pair CODE`, on the device where it is typed",
+            file=sys.stderr,
+        )
+        return 2
     if target is None:
         return _show(args, client)
     if target.startswith("ssh://"):
@@ -112,7 +143,15 @@ def _pair(args: argparse.Namespace, client: Client) -> int:
 
 def _show(args: argparse.Namespace, client: Client) -> int:
     api = client(args)
-    shown = api.request("POST", f"{GROUP}/pairing")
+    invite = args.supernode
+    try:
+        body = None if invite is None else {"supernode": invite}
+        shown = api.request("POST", f"{GROUP}/pairing", body=body)
+    except ApiError as err:
+        if invite is None:
+            raise
+        print(f"not showing a code: {err.message}", file=sys.stderr)
+        return 1
     ttl = shown["expiresInSeconds"]
     valid = f"{ttl / 60:g} min" if ttl >= 60 else f"{ttl:g} s"
     print(f"Pairing code: {shown['code']}   (valid {valid}, until {shown['expiresAt']})")
@@ -121,6 +160,11 @@ def _show(args: argparse.Namespace, client: Client) -> int:
 
         segno.make(shown["uri"], error="m").terminal(out=sys.stdout, compact=True)
     print(f"On the other device run:  florete-agent pair {shown['code']}")
+    if invite is not None:
+        print(
+            f"It then joins supernode {invite} (or pairs only: "
+            f"florete-agent pair {shown['code']} --no-supernode)"
+        )
     print("Waiting for it... (Ctrl-C stops showing the code)", flush=True)
     seen = 0
     try:
@@ -141,8 +185,9 @@ def _show(args: argparse.Namespace, client: Client) -> int:
     peer = status.get("peer")
     if status["state"] == "paired" and peer is not None:
         print(f"Paired with {peer['name']} ({peer['nodeID']})")
-        print(f"Fingerprint: {peer['fingerprint']}")
-        return 0
+        print(f"Fingerprint: {peer['fingerprint']}", flush=True)
+        invitation = status.get("supernode")
+        return 0 if invitation is None else await_invited(api, peer, invitation)
     last = events[-1]["message"] if events else status["state"]
     print(f"pairing failed: {last}", file=sys.stderr)
     return 1
@@ -152,18 +197,20 @@ def _join(args: argparse.Namespace, client: Client) -> int:
     from agent.pairing.code import parse_target
 
     parse_target(args.target)  # a typo is reported here, before any attempt is spent
-    body: dict[str, Any] = {"code": args.target}
+    body: dict[str, Any] = {"code": args.target, "acceptInvitation": not args.no_supernode}
     if args.peer:
         body["peer"] = args.peer
     print("Looking for the device that shows the code...", file=sys.stderr, flush=True)
+    api = client(args)
     try:
-        result = client(args).request("POST", f"{GROUP}/pairing/join", body=body)
+        result = api.request("POST", f"{GROUP}/pairing/join", body=body)
     except ApiError as err:
         print(f"pairing failed: {err.message}", file=sys.stderr)
         return 1
     print(f"Paired with {result['name']} ({result['nodeID']})")
-    print(f"Fingerprint: {result['fingerprint']}")
-    return 0
+    print(f"Fingerprint: {result['fingerprint']}", flush=True)
+    invitation = result.get("supernode")
+    return 0 if invitation is None else join_invited(api, result, invitation)
 
 
 def _ssh(args: argparse.Namespace, client: Client) -> int:

@@ -207,6 +207,7 @@ async def run(cfg: Config) -> int:
         mesh, reconciler, runtimes, identity, cfg.state_dir, cfg.node.labels, cfg.runtime.default
     )
     supernode_api = SupernodeApi(supernode)
+    pairing.supernode_name = lambda: supernode.name  # pair --supernode; invitations when paired
     routes = [*mesh_api.routes(), *PairingApi(pairing).routes(), *mqtt_api.routes()]
     api = Api(reconciler, runtimes, info, [*routes, *supernode_api.routes()], pki)
     api.wrap_route = supernode_api.wrap

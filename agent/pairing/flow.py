@@ -17,6 +17,10 @@ The exchange (kinds in :mod:`agent.pairing.wire`, keys in :mod:`agent.pairing.cr
     trusts B; PAIRED
       DONE                                      ->       FINISHING -> PAIRED
 
+An invitation into a supernode (:mod:`agent.pairing.invite`) rides in the shower's sealed
+identity, so only a joiner that proved the code reads it and nobody can alter it; the joiner's
+answer rides in DONE. Neither changes a state: pairing succeeds or fails as without it.
+
 Flows are keyed by stable identity (STYLE.md item 7): an attempt belongs to the node ID the
 session claims, the SPAKE2 run binds both node IDs, and a sealed certificate must prove the same
 ID, so what is trusted is exactly the node that knew the code. The shower stores trust before its
@@ -43,6 +47,7 @@ from agent.identity import certificate_fingerprint, node_id_from_certificate, sh
 from agent.messages import PairingMessage
 from agent.pairing import wire
 from agent.pairing.crypto import PairingKeys, Spake
+from agent.pairing.invite import Invitation, answer, joiner_text, shower_text
 from agent.pairing.states import SHOWER_TERMINAL, Event, State, advance
 
 __all__ = [
@@ -116,7 +121,7 @@ class Close:
 @dataclasses.dataclass(frozen=True)
 class Report:
     """Something to tell the person (and the log): ``kind`` is one of ``attempt``, ``refused``,
-    ``failed``, ``paired``, ``burned``, ``expired``, ``cancelled``."""
+    ``failed``, ``paired``, ``invitation``, ``burned``, ``expired``, ``cancelled``."""
 
     kind: str
     message: str
@@ -129,12 +134,17 @@ def _send(peer: PeerRef, message: wire.WireMessage) -> Send:
     return Send(peer, wire.encode(message))
 
 
-def _seal(keys: PairingKeys, side: str, me: Me) -> bytes:
-    return keys.seal(side, wire.encode_sealed(wire.Sealed(me.certificate, me.name)))
+def _seal(keys: PairingKeys, side: str, me: Me, supernode: str | None = None) -> bytes:
+    return keys.seal(side, wire.encode_sealed(wire.Sealed(me.certificate, me.name, supernode)))
 
 
-def _open_identity(keys: PairingKeys, side: str, box: bytes, peer: PeerRef) -> Trust:
+def _open_identity(
+    keys: PairingKeys, side: str, box: bytes, peer: PeerRef
+) -> tuple[Trust, str | None]:
     """Open the peer's sealed identity and check that its certificate proves the claimed ID.
+
+    Returns:
+        What to trust, and the supernode the box invites into (None: no invitation).
 
     Raises:
         RemoteProtocolError: the box does not authenticate, or holds no node certificate of
@@ -150,7 +160,8 @@ def _open_identity(keys: PairingKeys, side: str, box: bytes, peer: PeerRef) -> T
         raise RemoteProtocolError(
             f"sealed certificate is node {short_id(proven)}'s, not {short_id(peer.node_id)}'s"
         )
-    return Trust(peer, sealed.certificate, sealed.name or peer.name, certificate_fingerprint(cert))
+    trust = Trust(peer, sealed.certificate, sealed.name or peer.name, certificate_fingerprint(cert))
+    return trust, sealed.supernode
 
 
 def no_code_abort(me: Me) -> PairingMessage:
@@ -177,12 +188,16 @@ class ShowFlow:
         attempt_timeout: seconds an attempt may take from START to CONFIRM.
         backoff: seconds to wait after the first failure (doubling after each further one).
         linger: seconds to wait for the joiner's DONE once its identity is trusted.
+        invite: the supernode to invite the joiner into (None: pairing only); the caller
+            checked that this node is a member (:func:`~agent.pairing.invite.check_inviter`).
 
     Attributes:
         state: the current :class:`State`.
         failures: failed attempts so far.
         expires_at: when the code expires (same clock as ``now``).
         paired: the peer trusted, once ``FINISHING`` or ``PAIRED``.
+        answer: the joiner's answer to the invitation, once its DONE came (None before, or
+            when DONE was lost).
     """
 
     def __init__(
@@ -196,8 +211,11 @@ class ShowFlow:
         attempt_timeout: float = 15.0,
         backoff: float = 1.0,
         linger: float = 10.0,
+        invite: str | None = None,
     ) -> None:
         self.me = me
+        self.invite = invite
+        self.answer: str | None = None
         self._code = code
         self.state = State.SHOWING
         self.expires_at = now + ttl
@@ -294,6 +312,8 @@ class ShowFlow:
         try:
             parsed = wire.parse(message)
         except RemoteProtocolError as err:
+            if current and self.state is State.FINISHING:
+                return actions  # the joiner is trusted already: the linger ends the flow
             if current:
                 return actions + self._fail(now, "protocol", str(err), notify=True)
             return [*actions, _send(peer, wire.Abort("protocol", str(err))), Close(peer)]
@@ -307,7 +327,13 @@ class ShowFlow:
             assert self._attempt is not None
             self._advance(Event.DONE)
             attempt, self._attempt = self._attempt, None
-            return [*actions, Close(attempt.peer)]
+            actions.append(Close(attempt.peer))
+            if self.invite is not None and parsed.supernode is not None:
+                self.answer = parsed.supernode
+                name = self.paired.name if self.paired is not None else attempt.peer.name
+                text = shower_text(name, self.invite, parsed.supernode)
+                actions.append(Report("invitation", text))
+            return actions
         if isinstance(parsed, wire.Abort) and self.state is State.ANSWERED:
             reason = "it entered a wrong code" if parsed.code == "wrong_code" else parsed.message
             return actions + self._fail(now, parsed.code, reason, notify=False)
@@ -354,14 +380,15 @@ class ShowFlow:
         if not attempt.keys.confirms("A", confirm.mac):
             return self._fail(now, "wrong_code", "it entered a wrong code", notify=True)
         try:
-            trust = _open_identity(attempt.keys, "A", confirm.box, attempt.peer)
+            trust, _ = _open_identity(attempt.keys, "A", confirm.box, attempt.peer)
         except RemoteProtocolError as err:
             return self._fail(now, "protocol", str(err), notify=True)
         self._advance(Event.CONFIRMED)
         self.paired = trust
         self._linger_until = now + self._linger
+        box = _seal(attempt.keys, "B", self.me, self.invite)
         return [
-            _send(attempt.peer, wire.Identity(_seal(attempt.keys, "B", self.me))),
+            _send(attempt.peer, wire.Identity(box)),
             trust,
             Report(
                 "paired",
@@ -426,20 +453,38 @@ class JoinFlow:
         peer: the shower's session.
         now: the current time, seconds.
         timeout: seconds the attempt may take.
+        accept_invitation: whether to accept an invitation into a supernode that comes with
+            the code (the user's ``--no-supernode`` is False).
+        member_of: the supernode this node is a member of, or None (a member does not accept).
 
     Attributes:
         state: the current :class:`State`.
         error: ``(code, message)`` once ``FAILED``: an :data:`~agent.pairing.wire.ABORT_CODES`
             code and a sentence for the person.
         paired: the shower's identity once ``PAIRED``.
+        invitation: the shower's invitation and this node's answer, once ``PAIRED`` (None: the
+            code came with none).
     """
 
-    def __init__(self, me: Me, code: str, peer: PeerRef, now: float, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        me: Me,
+        code: str,
+        peer: PeerRef,
+        now: float,
+        timeout: float = 20.0,
+        *,
+        accept_invitation: bool = True,
+        member_of: str | None = None,
+    ) -> None:
         self.me = me
         self.peer = peer
         self.state = State.NEW
         self.error: tuple[str, str] | None = None
         self.paired: Trust | None = None
+        self.invitation: Invitation | None = None
+        self._accept = accept_invitation
+        self._member_of = member_of
         self.deadline = now + timeout
         self._spake = Spake("A", code, joiner_id=me.node_id, shower_id=peer.node_id)
         self._keys: PairingKeys | None = None
@@ -502,19 +547,23 @@ class JoinFlow:
         if not (isinstance(parsed, wire.Identity) and self.state is State.CONFIRMED):
             raise RemoteProtocolError(f"unexpected {type(parsed).__name__.upper()}")
         assert self._keys is not None
-        trust = _open_identity(self._keys, "B", parsed.box, self.peer)
+        trust, supernode = _open_identity(self._keys, "B", parsed.box, self.peer)
         self._advance(Event.IDENTIFIED)
         self.paired = trust
-        return [
-            trust,
-            _send(self.peer, wire.Done()),
-            Close(self.peer),
+        done = wire.Done()
+        reports = [
             Report(
                 "paired",
                 f"paired with {trust.name} ({self.peer.node_id}), "
                 f"certificate fingerprint {trust.fingerprint}",
-            ),
+            )
         ]
+        if supernode is not None:
+            given = answer(self._accept, self._member_of)
+            self.invitation = Invitation(supernode, given, self._member_of)
+            done = wire.Done(given)
+            reports.append(Report("invitation", joiner_text(trust.name, self.invitation)))
+        return [trust, _send(self.peer, done), Close(self.peer), *reports]
 
     def _on_reply(self, reply: wire.Reply) -> list[Action]:
         keys = self._spake.finish(reply.pake)

@@ -15,7 +15,8 @@ Unpairing sends ``pairing.unpair`` over the established session before revoking,
 peer revokes this node too and both sides close their sessions at once; a peer that cannot be
 reached is revoked here only (it will be refused when it comes back).
 
-The addresses where a paired peer was met are kept by :mod:`agent.pairing.addresses`.
+The addresses where a paired peer was met are kept by :mod:`agent.pairing.addresses`. A shown
+code may invite the joiner into a supernode this node is a member of (:mod:`agent.pairing.invite`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ from agent.messages import PairingMessage
 from agent.neighbours import NeighbourTable
 from agent.pairing import wire
 from agent.pairing.addresses import PeerAddresses
+from agent.pairing.choose import choose_peer
 from agent.pairing.code import PairingTarget, format_code, new_code, pairing_uri
+from agent.pairing.invite import check_inviter
 from agent.pairing.states import SHOWER_TERMINAL
 from agent.session import SecureSession, SessionClosedError
 from agent.store import Store, StoredPeer
@@ -131,6 +134,8 @@ class PairingService:
 
     Attributes:
         announce: set by the daemon once mDNS runs: ``await announce(showing)``.
+        supernode_name: set by the daemon: the supernode this node is a member of, or None
+            (unset: never a member, so it neither invites nor is in one when invited).
     """
 
     def __init__(
@@ -152,6 +157,7 @@ class PairingService:
         self.store = store
         self.settings = settings or PairingSettings()
         self.announce: Callable[[bool], Awaitable[None]] | None = None
+        self.supernode_name: Callable[[], str | None] | None = None
         self._mdns: bool | None = None  # mDNS runs here; None: not known yet (starting)
         self._clock = clock
         self._wall = wall_clock
@@ -216,18 +222,29 @@ class PairingService:
 
     # ----------------------------------------------------------------- showing
 
-    async def show(self) -> dict[str, Any]:
+    def _member_of(self) -> str | None:
+        return self.supernode_name() if self.supernode_name is not None else None
+
+    async def show(self, invite: str | None = None) -> dict[str, Any]:
         """Show a new code (a code already shown stops working).
+
+        Args:
+            invite: a supernode this node is a member of, to invite the joiner into.
 
         Returns:
             ``{"code": "4821-0937", "uri": "florete://pair?...", "expiresAt": ISO 8601,
-            "expiresInSeconds": float, "maxFailures": int, "nodeID", "name"}``.
+            "expiresInSeconds": float, "maxFailures": int, "nodeID", "name", "supernode"}``
+            (``supernode``: ``invite``).
 
         Raises:
             NotFoundError: no link runs, so no peer could reach this node.
+            BadRequestError / NotMemberError: see :func:`~agent.pairing.invite.check_inviter`
+                (the code shown before, if any, still works).
         """
         if self.mesh is None:
             raise NotFoundError("no links are configured: nothing could reach this node")
+        if invite is not None:
+            check_inviter(invite, self._member_of())
         now = self._clock()
         if self._show is not None:
             await self._execute(self._show.cancel(now))
@@ -243,11 +260,13 @@ class PairingService:
             ttl=settings.code_ttl,
             max_failures=settings.max_failures,
             attempt_timeout=settings.attempt_timeout,
+            invite=invite,
         )
         self._events = []
         expires = self._wall() + settings.code_ttl
         self._show_info = {"expiresAt": _iso(expires), "startedAt": _iso(self._wall())}
-        self._event("showing", f"showing a pairing code until {_iso(expires)}")
+        inviting = "" if invite is None else f", inviting into supernode {invite}"
+        self._event("showing", f"showing a pairing code until {_iso(expires)}{inviting}")
         await self._set_announced(True)
         self._wake.set()
         return {
@@ -258,6 +277,7 @@ class PairingService:
             "maxFailures": settings.max_failures,
             "nodeID": self.identity.node_id,
             "name": self.identity.name,
+            "supernode": invite,
         }
 
     def status(self) -> dict[str, Any]:
@@ -267,12 +287,14 @@ class PairingService:
             ``{"state": "none"|"showing"|"answered"|"finishing"|"paired"|"burned"|"expired"|
             "cancelled", "failures", "maxFailures", "expiresAt", "expiresInSeconds",
             "events": [{"time", "kind", "message"}], "peer": {"nodeID", "name",
-            "fingerprint"} | None}``.
+            "fingerprint"} | None, "supernode": {"name", "answer"} | None}``: ``supernode``
+            is the invitation, ``answer`` the joiner's (None until its DONE came).
         """
         flow = self._show
         if flow is None:
-            return {"state": "none", "events": self._events, "peer": None}
+            return {"state": "none", "events": self._events, "peer": None, "supernode": None}
         peer = flow.paired
+        invitation = None if flow.invite is None else {"name": flow.invite, "answer": flow.answer}
         return {
             "state": flow.state.value,
             "failures": flow.failures,
@@ -283,6 +305,7 @@ class PairingService:
             "peer": None
             if peer is None
             else {"nodeID": peer.peer.node_id, "name": peer.name, "fingerprint": peer.fingerprint},
+            "supernode": invitation,
         }
 
     async def cancel(self) -> dict[str, Any]:
@@ -302,15 +325,21 @@ class PairingService:
 
     # ----------------------------------------------------------------- joining
 
-    async def join(self, target: PairingTarget, peer: str | None = None) -> dict[str, Any]:
+    async def join(
+        self, target: PairingTarget, peer: str | None = None, *, accept_invitation: bool = True
+    ) -> dict[str, Any]:
         """Pair with the neighbour that shows ``target.code``.
 
         Args:
             target: the typed code, or a scanned URI's code and node ID.
             peer: a neighbour name, node ID or short ID, when several show a code.
+            accept_invitation: accept an invitation into a supernode that comes with the code
+                (this only answers it: joining is the caller's ``supernode join``).
 
         Returns:
-            ``{"nodeID", "name", "fingerprint", "address"}`` of the peer now trusted.
+            ``{"nodeID", "name", "fingerprint", "address", "supernode"}`` of the peer now
+            trusted; ``supernode`` is the invitation, ``{"name", "answer", "memberOf"}``, or
+            None.
 
         Raises:
             NotFoundError: no neighbour shows a code (or the one named is unknown).
@@ -344,7 +373,15 @@ class PairingService:
             mesh.pairing_sessions.add(session)
             ref = self._ref(session)
             now = self._clock()
-            attempt = JoinFlow(self._me, target.code, ref, now, self.settings.attempt_timeout)
+            attempt = JoinFlow(
+                self._me,
+                target.code,
+                ref,
+                now,
+                self.settings.attempt_timeout,
+                accept_invitation=accept_invitation,
+                member_of=self._member_of(),
+            )
             self._join, self._join_done = attempt, asyncio.Event()
             address = mesh.pairing_address(session)
             try:
@@ -362,69 +399,18 @@ class PairingService:
                 "name": attempt.paired.name,
                 "fingerprint": attempt.paired.fingerprint,
                 "address": address,
+                "supernode": None if attempt.invitation is None else attempt.invitation.as_dict(),
             }
 
     async def _choose(self, target: PairingTarget, peer: str | None) -> str:
-        """The node ID to pair with: named, else the one neighbour that shows a code."""
-        if target.node_id is not None or peer is not None:
-            wanted = target.node_id or peer or ""
-            deadline = self._clock() + self.settings.discover_timeout
-            while True:
-                found = self._resolve(wanted)
-                if found or self._clock() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-            if not found:
-                raise NotFoundError(f'no neighbour "{wanted}" (not discovered on our links)')
-            if len(found) > 1:
-                raise BadRequestError(f'"{wanted}" names {len(found)} neighbours: use the node ID')
-            return found[0]
-        deadline = self._clock() + self.settings.discover_timeout
-        while True:
-            showing = [
-                n
-                for n in self.table.neighbours()
-                if n.capabilities.get("pair", "").startswith("1.") and n.state != "gone"
-            ]
-            radios = [
-                n
-                for n in self.table.neighbours()
-                if any(link.startswith("serial_radio:") for link in n.links)
-                and self.table.trust_of(n.node_id) != "trusted"
-                and n.state != "gone"
-            ]
-            # Without mDNS here no network neighbour can be seen showing a code: a radio
-            # neighbour heard is the answer, with no wait for announcements that cannot come.
-            if showing or self._clock() > deadline or (radios and self._mdns is False):
-                break
-            await asyncio.sleep(0.1)
-        if not showing:
-            if len(radios) == 1:
-                return radios[0].node_id
-            if radios:
-                names = ", ".join(f"{n.name} ({short_id(n.node_id)})" for n in radios)
-                raise BadRequestError(
-                    f"no neighbour on the network shows a pairing code, and several unpaired "
-                    f"radio neighbours are heard: {names}; choose one with --peer NAME"
-                )
-            raise NotFoundError(
-                "no neighbour shows a pairing code: run `florete-agent pair` on the other "
-                "device first (both on the same network with mDNS on, or on one radio link)"
-            )
-        if len(showing) > 1:
-            names = ", ".join(f"{n.name} ({short_id(n.node_id)})" for n in showing)
-            raise BadRequestError(
-                f"several neighbours show a pairing code: {names}; choose one with --peer NAME"
-            )
-        return showing[0].node_id
-
-    def _resolve(self, name: str) -> list[str]:
-        return sorted(
-            {
-                n.node_id
-                for n in self.table.neighbours()
-                if name in (n.node_id, n.name) or n.node_id.split("-", 1)[0] == name.upper()
-            }
+        """The node ID to pair with (:func:`agent.pairing.choose.choose_peer`)."""
+        return await choose_peer(
+            self.table,
+            target,
+            peer,
+            clock=self._clock,
+            wait=self.settings.discover_timeout,
+            mdns=lambda: self._mdns,
         )
 
     # ----------------------------------------------------------------- messages and actions

@@ -10,13 +10,16 @@ kind   name      body                                       direction
 0x41   REPLY     ``{"pake": bytes(33), "mac": bytes(32)}``  shower -> joiner
 0x42   CONFIRM   ``{"mac": bytes(32), "box": bytes}``       joiner -> shower
 0x43   IDENTITY  ``{"box": bytes}``                         shower -> joiner
-0x44   DONE      ``{}``                                     joiner -> shower
+0x44   DONE      ``{}`` or ``{"supernode": str}``           joiner -> shower
 0x45   ABORT     ``{"code": str, "message": str}``          either way
 =====  ========  =========================================  ===================
 
 A box (:mod:`agent.pairing.crypto`) holds the CBOR map ``{"cert": <DER>, "name": <str>}``: the
-sender's node certificate and name. The whole exchange is about 1.3 KiB, a second on a 9600-baud
-radio.
+sender's node certificate and name. The shower's box (IDENTITY) may add ``"supernode": <name>``,
+an invitation into that supernode (:mod:`agent.pairing.invite`), which the joiner answers in
+DONE (``"supernode"``: one of :data:`~agent.pairing.invite.ANSWERS`; only when invited, so a
+shower that never invites never sees the key). The whole exchange is about 1.3 KiB, a second on
+a 9600-baud radio.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import cbor2
 
 from agent.errors import RemoteProtocolError
 from agent.messages import MAX_NAME, PairingMessage
+from agent.pairing.invite import ANSWERS, valid_name
 
 __all__ = [
     "ABORT",
@@ -115,7 +119,10 @@ class Identity:
 
 @dataclasses.dataclass(frozen=True)
 class Done:
-    """DONE: the joiner stored the shower's identity."""
+    """DONE: the joiner stored the shower's identity; ``supernode`` is its answer to an
+    invitation (one of :data:`~agent.pairing.invite.ANSWERS`), None when it was not invited."""
+
+    supernode: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +138,12 @@ WireMessage = Start | Reply | Confirm | Identity | Done | Abort
 
 @dataclasses.dataclass(frozen=True)
 class Sealed:
-    """What a box holds: a node certificate (DER) and the sender's node name."""
+    """What a box holds: a node certificate (DER), the sender's node name and, in the shower's
+    box only, the supernode it invites the joiner into (None: no invitation)."""
 
     certificate: bytes
     name: str
+    supernode: str | None = None
 
 
 def encode(message: WireMessage) -> PairingMessage:
@@ -148,7 +157,8 @@ def encode(message: WireMessage) -> PairingMessage:
     if isinstance(message, Identity):
         return PairingMessage(IDENTITY, {"box": message.box})
     if isinstance(message, Done):
-        return PairingMessage(DONE, {})
+        answer = {} if message.supernode is None else {"supernode": message.supernode}
+        return PairingMessage(DONE, answer)
     return PairingMessage(ABORT, {"code": message.code, "message": message.message[:MAX_TEXT]})
 
 
@@ -184,13 +194,16 @@ def parse(message: PairingMessage) -> WireMessage:
 
     Raises:
         RemoteProtocolError: an unknown kind, a body that is not a map with exactly the keys of
-            its kind, or a field of the wrong type or size. A START of another version is
-            returned as is (the caller answers it with a ``version`` abort).
+            its kind (DONE: ``{}``, or ``{"supernode"}`` with a known answer), or a field of
+            the wrong type or size. A START of another version is returned as is (the caller
+            answers it with a ``version`` abort).
     """
     body = message.body
     keys = _KEYS.get(message.kind)
     if keys is None:
         raise RemoteProtocolError(f"unknown pairing message kind {message.kind:#x}")
+    if message.kind == DONE and type(body) is dict and set(body) == {"supernode"}:
+        return _done(body)
     if type(body) is not dict or set(body) != keys:
         raise RemoteProtocolError(
             f"pairing message {message.kind:#x} must be a map with keys {sorted(keys)}"
@@ -212,10 +225,21 @@ def parse(message: PairingMessage) -> WireMessage:
     return Abort(code if code in ABORT_CODES else "protocol", _text(body, "message"))
 
 
+def _done(body: dict[Any, Any]) -> Done:
+    """A DONE that answers an invitation."""
+    answer = _text(body, "supernode")
+    if answer not in ANSWERS:
+        raise RemoteProtocolError(f"pairing DONE: unknown answer {answer[:32]!r} to an invitation")
+    return Done(answer)
+
+
 def encode_sealed(sealed: Sealed) -> bytes:
     """CBOR of a box's contents."""
     name = sealed.name.encode()[:MAX_NAME].decode(errors="ignore")
-    data: bytes = cbor2.dumps({"cert": sealed.certificate, "name": name}, canonical=True)
+    item: dict[str, Any] = {"cert": sealed.certificate, "name": name}
+    if sealed.supernode is not None:
+        item["supernode"] = sealed.supernode
+    data: bytes = cbor2.dumps(item, canonical=True)
     return data
 
 
@@ -223,15 +247,20 @@ def decode_sealed(data: bytes) -> Sealed:
     """Read a box's contents (after it authenticated).
 
     Raises:
-        RemoteProtocolError: not one CBOR map ``{"cert": bytes, "name": str}`` within limits.
+        RemoteProtocolError: not one CBOR map ``{"cert": bytes, "name": str}`` within limits,
+            with at most the key ``"supernode"`` more, a supernode name (a DNS label).
     """
     try:
         item = cbor2.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as err:
         raise RemoteProtocolError(f"sealed identity is not valid CBOR: {err}") from err
-    if type(item) is not dict or set(item) != {"cert", "name"}:
-        raise RemoteProtocolError("sealed identity must be a map with keys cert and name")
-    cert, name = item["cert"], item["name"]
+    if type(item) is not dict or set(item) - {"supernode"} != {"cert", "name"}:
+        raise RemoteProtocolError(
+            "sealed identity must be a map with keys cert and name (and maybe supernode)"
+        )
+    cert, name, supernode = item["cert"], item["name"], item.get("supernode")
     if type(cert) is not bytes or not isinstance(name, str) or len(name.encode()) > MAX_NAME:
         raise RemoteProtocolError("sealed identity: cert must be bytes and name short text")
-    return Sealed(cert, name)
+    if supernode is not None and not (isinstance(supernode, str) and valid_name(supernode)):
+        raise RemoteProtocolError("sealed identity: supernode must be a supernode name")
+    return Sealed(cert, name, supernode)
