@@ -5,8 +5,9 @@ Protocol cores without I/O: :mod:`supernode.state` (the replicated state machine
 placement rounds, what a member runs), :mod:`supernode.timing` (timeouts from the links).
 asyncio adapters: :mod:`supernode.raft` (pysyncobj over the mesh) with its durable log
 (:mod:`supernode.journal`), :mod:`supernode.member` (a running member), :mod:`supernode.proxy`
-(logs and exec of pods on other members), :mod:`supernode.service` (the daemon's entry point).
-docs/supernode.md has the user's guide.
+(logs and exec of pods on other members), :mod:`supernode.service` (the daemon's entry point)
+with the mesh methods it answers (:mod:`supernode.methods`). docs/supernode.md has the user's
+guide.
 """
 
 from supernode.errors import AlreadyMemberError, NoQuorumError, NotMemberError, ProposalError

@@ -1,20 +1,10 @@
-"""The supernode service of one agent: membership commands, mesh methods, pods through it.
+"""The supernode service of one agent: membership commands, and pods through the supernode.
 
 One :class:`Supernode` per daemon. When this node is a member (``<state dir>/supernode/
 config.json`` exists) it runs a :class:`~supernode.member.Membership`; pysyncobj is imported only
-then. Mesh methods, each answered only to authenticated peers (and the member-only ones only to
-members of the Raft configuration):
-
-* ``supernode.info`` — ``{"member", "name", "members", "leader"}``, asked by a joining node.
-* ``supernode.join`` ``{"name"}`` — add the caller to the supernode (Raft configuration, then
-  the member record) and answer the member list.
-* ``supernode.leave`` — remove the caller from the Raft configuration (it asks another member,
-  since a node removed from the configuration hears no more of it).
-* ``supernode.raft`` — a batch of Raft messages; ``supernode.report`` — a member's report.
-* ``supernode.pods`` ``{"after"}`` — this member's supernode pods as Pod objects (paged);
-  ``supernode.pod`` ``{"namespace", "name"}`` — one of them, or None.
-* ``supernode.log.open|read|close`` and ``supernode.exec`` — logs and exec of the supernode
-  pods placed on this member, for the others (:mod:`supernode.proxy`).
+then. It creates, joins and leaves the supernode, applies, lists and deletes its pods, and shows
+it as a status and as one Node; the mesh methods it answers the other agents are in
+:mod:`supernode.methods`.
 """
 
 from __future__ import annotations
@@ -29,7 +19,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +31,12 @@ from agent.errors import (
     NotFoundError,
 )
 from agent.identity import Identity, short_id
-from agent.mesh import Mesh, PeerRequestHandler
+from agent.mesh import Mesh
 from agent.reconciler import Reconciler
 from agent.runtimes import RuntimeRegistry
 from agent.store import StoredPod
-from supernode.errors import AlreadyMemberError, NoQuorumError, NotMemberError, ProposalError
-from supernode.placement import MemberReport
+from supernode.errors import AlreadyMemberError, NoQuorumError, NotMemberError
+from supernode.methods import MeshMethods
 from supernode.pods import (
     PLACEMENT_ANNOTATION,
     SUPERNODE_ANNOTATION,
@@ -55,7 +45,7 @@ from supernode.pods import (
     pod_object,
     record_for,
 )
-from supernode.proxy import LogOpener, LogStreams, run_exec
+from supernode.proxy import LogOpener
 from supernode.state import PodRecord, pod_key
 
 if TYPE_CHECKING:
@@ -66,10 +56,8 @@ __all__ = ["Supernode"]
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-PAGE_BYTES = 40_000
-"""Pod objects per ``supernode.pods`` answer, by JSON size (the mesh's limit is 64 KiB)."""
 ASK_TIMEOUT = 3.0
-"""Seconds to wait for another member's pods when listing."""
+"""Seconds to wait for another node's answer: its pods, or ``supernode.info`` when joining."""
 
 
 class Supernode:
@@ -105,7 +93,7 @@ class Supernode:
         self.default_runtime = default_runtime
         self.membership: Membership | None = None
         self._busy = asyncio.Lock()
-        self.log_streams: LogStreams | None = None
+        self._methods = MeshMethods(self)
 
     # ----------------------------------------------------------------- config
 
@@ -149,7 +137,12 @@ class Supernode:
             return None
         return self.membership.state.name or (self._read_config() or {}).get("name")
 
-    def _member(self) -> Membership:
+    def member(self) -> Membership:
+        """The running membership.
+
+        Raises:
+            NotMemberError: this node is not a member of a supernode.
+        """
         if self.membership is None:
             raise NotMemberError("this node is not a member of a supernode")
         return self.membership
@@ -158,25 +151,7 @@ class Supernode:
 
     async def start(self) -> None:
         """Serve the mesh methods; resume membership if this node is a member."""
-        for method, handler in (
-            ("supernode.info", self._on_info),
-            ("supernode.join", self._on_join),
-            ("supernode.leave", self._on_leave),
-            ("supernode.raft", self._on_raft),
-            ("supernode.report", self._on_report),
-            ("supernode.pods", self._on_pods),
-            ("supernode.pod", self._on_pod),
-            ("supernode.exec", self._on_exec),
-        ):
-            self.mesh.on_peer_request(method, handler)
-        if self.log_streams is not None:
-            streams = self.log_streams
-            for method, handler in (
-                ("supernode.log.open", streams.on_open),
-                ("supernode.log.read", streams.on_read),
-                ("supernode.log.close", streams.on_close),
-            ):
-                self.mesh.on_peer_request(method, self._members_only(handler))
+        self._methods.register()
         config = self._read_config()
         if config is not None:
             members = {m for m in config.get("members", []) if isinstance(m, str)}
@@ -186,31 +161,11 @@ class Supernode:
     def serve_logs(self, opener: LogOpener) -> None:
         """Serve the logs of the supernode pods placed here to the other members (before
         :meth:`start`); ``opener`` opens a local pod's log, as this node's log route does."""
-
-        async def placed_here(
-            namespace: str, name: str, query: Mapping[str, list[str]]
-        ) -> AsyncIterator[bytes]:
-            self._placed_here(namespace, name)
-            return await opener(namespace, name, query)
-
-        self.log_streams = LogStreams(placed_here)
-
-    def _members_only(self, handler: PeerRequestHandler) -> PeerRequestHandler:
-        async def serve(peer: str, body: Any) -> Any:
-            self._from_member(peer)
-            return await handler(peer, body)
-
-        return serve
-
-    def _placed_here(self, namespace: str, name: str) -> None:
-        record = self.record(namespace, name)
-        if record is None or record.member != self.me:
-            raise NotFoundError(f'supernode pod "{namespace}/{name}" is not placed on this member')
+        self._methods.serve_logs(opener)
 
     async def stop(self) -> None:
         """Stop taking part (the membership stays: the next start resumes it)."""
-        if self.log_streams is not None:
-            await self.log_streams.close_all()
+        await self._methods.close()
         if self.membership is not None:
             await self.membership.stop()
             self.membership = None
@@ -357,7 +312,7 @@ class Supernode:
             NoQuorumError: the other members could not commit the change in ``timeout``.
         """
         async with self._busy:
-            membership = self._member()
+            membership = self.member()
             try:
                 async with asyncio.timeout(timeout):
                     if membership.raft.others and not force:
@@ -402,111 +357,6 @@ class Supernode:
             with contextlib.suppress(FloreteError):
                 await self.reconciler.update(manifest, stored.namespace)
 
-    # ----------------------------------------------------------------- mesh methods
-
-    async def _on_info(self, peer: str, body: Any) -> dict[str, Any]:
-        m = self.membership
-        if m is None:
-            return {"member": False, "name": "", "members": [], "leader": None}
-        return {
-            "member": True,
-            "name": self.name or "",
-            "members": sorted(m.raft.nodes),
-            "leader": m.raft.leader,
-        }
-
-    async def _on_join(self, peer: str, body: Any) -> dict[str, Any]:
-        m = self._member()
-        if not isinstance(body, dict) or body.get("name") != self.name:
-            raise NotMemberError(f'this node is a member of "{self.name}", not of that supernode')
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10 * m.timing.election_max
-        while peer not in m.raft.others:
-            try:
-                async with asyncio.timeout(max(1.0, deadline - loop.time())):
-                    await m.raft.add_member(peer)
-            except ProposalError as err:  # another change under way: try again
-                if loop.time() > deadline:
-                    raise
-                log.debug("adding %s: %s; retrying", short_id(peer), err)
-                await asyncio.sleep(0.2)
-            except TimeoutError:
-                raise NoQuorumError("the Raft configuration change did not commit") from None
-        name = next((k["peerName"] for k in self.mesh.links() if k["nodeID"] == peer), "")
-        await m.propose({"op": "member_add", "node_id": peer, "name": name, "at": time.time()})
-        log.info("supernode %s: %s joined", self.name, name or short_id(peer))
-        return {"name": self.name, "members": sorted(m.raft.nodes)}
-
-    async def _on_leave(self, peer: str, body: Any) -> None:
-        m = self._member()
-        if peer not in m.raft.others:
-            return
-        if m.raft.leader == peer:
-            raise NoQuorumError("the leaving member still leads; it must hand over first")
-        async with asyncio.timeout(10 * m.timing.election_max):
-            await m.raft.remove_member(peer)
-        if peer in m.state.members:
-            with contextlib.suppress(NotFoundError):
-                await m.propose({"op": "member_remove", "node_id": peer})
-
-    def _from_member(self, peer: str) -> Membership:
-        m = self._member()
-        if peer not in m.raft.others:
-            raise NotMemberError(f"node {short_id(peer)} is not a member of this supernode")
-        return m
-
-    async def _on_raft(self, peer: str, body: Any) -> None:
-        m = self._from_member(peer)
-        if not isinstance(body, list) or not all(isinstance(d, bytes) for d in body):
-            raise BadRequestError("supernode.raft: expected a list of byte strings")
-        m.receive(peer, body)
-
-    async def _on_report(self, peer: str, body: Any) -> None:
-        m = self._from_member(peer)
-        report = MemberReport.from_wire(body)
-        if report.node_id != peer:
-            raise BadRequestError("supernode.report: a member reports only for itself")
-        m.take_report(peer, report)
-
-    async def _on_pods(self, peer: str, body: Any) -> dict[str, Any]:
-        m = self._from_member(peer)
-        after = body.get("after") if isinstance(body, dict) else None
-        items: list[dict[str, Any]] = []
-        size = 0
-        for stored in sorted(m.local_pods(), key=lambda s: (s.namespace, s.name)):
-            key = pod_key(stored.namespace, stored.name)
-            if isinstance(after, str) and key <= after:
-                continue
-            obj = self.reconciler.pod_object(stored)
-            size += len(json.dumps(obj))
-            if items and size > PAGE_BYTES:
-                return {"items": items, "more": True}
-            items.append(obj)
-        return {"items": items, "more": False}
-
-    async def _on_pod(self, peer: str, body: Any) -> dict[str, Any] | None:
-        self._from_member(peer)
-        if not isinstance(body, dict):
-            raise BadRequestError("supernode.pod: expected {namespace, name}")
-        try:
-            stored = self.reconciler.store.get_pod(
-                str(body.get("namespace")), str(body.get("name"))
-            )
-        except NotFoundError:
-            return None
-        return self.reconciler.pod_object(stored) if is_supernode_pod(stored) else None
-
-    async def _on_exec(self, peer: str, body: Any) -> dict[str, Any]:
-        self._from_member(peer)
-        if not isinstance(body, dict):
-            raise BadRequestError("supernode.exec: expected {namespace, name, container, command}")
-        namespace, name = str(body.get("namespace")), str(body.get("name"))
-        try:
-            self._placed_here(namespace, name)
-        except NotFoundError as err:
-            return {"error": {"status": 404, "reason": "NotFound", "message": err.message}}
-        return await run_exec(self.reconciler.store, self.runtimes, body)
-
     # ----------------------------------------------------------------- pods
 
     def record(self, namespace: str, name: str) -> PodRecord | None:
@@ -524,7 +374,7 @@ class Supernode:
             ManifestError: invalid manifest; AlreadyExistsError: the name is taken;
             NoQuorumError: no majority to commit it.
         """
-        m = self._member()
+        m = self.member()
         record = record_for(
             manifest, namespace, str(uuid.uuid4()), self.name or "", self.default_runtime
         )
@@ -543,7 +393,7 @@ class Supernode:
         Raises:
             ManifestError: invalid, or the spec changed; NotFoundError: no such pod.
         """
-        m = self._member()
+        m = self.member()
         record = record_for(manifest, namespace, "-", self.name or "", self.default_runtime)
         existing = self.record(record.namespace, record.name)
         if existing is None:
@@ -574,7 +424,7 @@ class Supernode:
         return await self.get_pod(record.namespace, record.name)
 
     def _member_name(self, node_id: str) -> str:
-        m = self._member()
+        m = self.member()
         member = m.state.members.get(node_id)
         return member.name if member else ""
 
@@ -584,7 +434,7 @@ class Supernode:
         Raises:
             NotFoundError: no such pod; NoQuorumError: no majority to commit it.
         """
-        m = self._member()
+        m = self.member()
         record = self.record(namespace, name)
         if record is None:
             raise NotFoundError(f'pods "{name}" not found')
@@ -607,7 +457,7 @@ class Supernode:
         Raises:
             NotFoundError: not a supernode pod.
         """
-        m = self._member()
+        m = self.member()
         record = self.record(namespace, name)
         if record is None:
             raise NotFoundError(f'pods "{name}" not found')
@@ -625,7 +475,7 @@ class Supernode:
 
     async def list_pods(self, namespace: str | None) -> list[dict[str, Any]]:
         """Every supernode pod (of ``namespace``, or all), each as its member shows it."""
-        m = self._member()
+        m = self.member()
         records = [
             r for r in m.state.ordered_pods() if namespace is None or r.namespace == namespace
         ]
@@ -670,13 +520,13 @@ class Supernode:
         """The ``Supernode`` object ``supernode status`` shows (see :mod:`supernode.views`)."""
         from supernode.views import status_object
 
-        return status_object(self._member(), self.identity.name, self._reachable)
+        return status_object(self.member(), self.identity.name, self._reachable)
 
     def node(self) -> dict[str, Any]:
         """The supernode as one Kubernetes Node, its members in annotations."""
         from supernode.views import node_object
 
-        return node_object(self._member(), self._reachable)
+        return node_object(self.member(), self._reachable)
 
 
 def _check_name(name: str) -> None:
