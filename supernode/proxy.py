@@ -208,11 +208,14 @@ class LogStreams:
             while not stream.ended and len(stream.buffer) < CHUNK_BYTES:
                 if stream.pending is None:
                     stream.pending = asyncio.ensure_future(_next(stream.chunks))
+                task = stream.pending
                 timeout = 0.0 if stream.buffer else max(0.0, deadline - self._clock())
-                done, _ = await asyncio.wait({stream.pending}, timeout=timeout)
+                done, _ = await asyncio.wait({task}, timeout=timeout)
                 if not done:
                     break
-                task, stream.pending = stream.pending, None
+                if stream.pending is not task or task.cancelled():
+                    break  # the stream was closed meanwhile (close, eviction, shutdown)
+                stream.pending = None
                 try:
                     stream.buffer += task.result()
                 except StopAsyncIteration:

@@ -124,3 +124,15 @@ async def test_streams_close_when_unread_and_belong_to_their_member() -> None:
         await opened(streams)
     assert len(streams) == proxy.MAX_STREAMS
     await streams.close_all()
+
+
+async def test_a_read_waiting_when_its_stream_closes_answers_instead_of_failing() -> None:
+    source = Source()
+    streams = streams_of(source)
+    stream = await opened(streams)
+    waiting = asyncio.ensure_future(read(streams, stream, 0, wait=5.0))
+    await asyncio.sleep(0.05)
+    await streams.on_close("B", {"stream": stream})
+    answer = await asyncio.wait_for(waiting, 1.0)
+    assert answer["data"] == b""
+    assert source.closed
