@@ -2,16 +2,18 @@
 
 kubectl 1.30+ opens exec as a WebSocket (RFC 6455) with the subprotocol ``v5.channel.k8s.io``
 (or ``v4.channel.k8s.io``): every binary message starts with a channel byte, 0 stdin, 1 stdout,
-2 stderr, 3 error (a ``Status`` JSON when the command ends), 4 terminal resize, and in v5, 255
-for closing one stream (``k8s.io/apimachinery/pkg/util/remotecommand/constants.go``; KEP-4006).
-SPDY, which older kubectl versions use, is not served.
+2 stderr, 3 error (a ``Status`` JSON when the command ends), 4 terminal resize (JSON
+``{"Width": W, "Height": H}``), and in v5, 255 for closing one stream: ``[255, 0]`` ends stdin
+(``k8s.io/apimachinery/pkg/util/remotecommand/constants.go``; KEP-4006). SPDY, which older
+kubectl versions use, is not served.
 
-The runtimes' exec (``WorkloadRuntime.exec``) runs a command to completion and returns its exit
-code and its combined stdout and stderr (cut at 10 KiB, as for probes). So this endpoint serves
-non-interactive exec: ``kubectl exec POD -- CMD ARGS`` prints the output and exits with the
-command's exit code; ``-i`` and ``-t`` are refused with a message that says so. Errors found
-before the upgrade (no such pod or container, runtime without exec) are plain ``Status``
-answers; errors of the command itself arrive on the error channel, as from a kubelet.
+A runtime with the ``exec_interactive`` capability serves every form: ``kubectl exec POD --
+CMD`` streams stdout and stderr apart as they come, ``-i`` adds stdin, ``-t`` a terminal
+(``WorkloadRuntime.exec_interactive``). A runtime with ``exec`` alone runs the command to
+completion and returns its exit code and combined output (cut at 10 KiB, as for probes); ``-i``
+and ``-t`` are then refused with a message that names the runtime. Errors found before the
+upgrade (no such pod or container, runtime without exec) are plain ``Status`` answers; errors of
+the command itself arrive on the error channel, as from a kubelet.
 
 WebSocket framing is wsproto's (sans-IO, by h11's authors), imported only when exec is used.
 """
@@ -21,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import BadRequestError, FloreteError
 from agent.httproute import Request, Response, Upgrade, UpgradedStream
 from agent.runtimes import RuntimeRegistry
 from agent.store import Store
-from wri_plugins.api import ExecResult, TaskHandle, WorkloadRuntime
+from wri_plugins.api import ExecStreams, TaskHandle, TerminalSize, WorkloadRuntime
 
 if TYPE_CHECKING:
     from wsproto.connection import Connection
@@ -36,11 +38,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
-STDOUT, ERROR = 1, 3
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 #: Longest time a command may run, in seconds (the client closing the socket stops it sooner).
 EXEC_TIMEOUT = 3600.0
 _CLOSE_WAIT = 5.0  # seconds to wait for the client's close frame
 _MESSAGE_BYTES = 32 * 1024
+
+#: Runs the command with the session's output function; returns its exit code.
+_Work = Callable[["_Session"], Coroutine[Any, Any, int]]
 
 
 def _status(exit_code: int | None, message: str = "") -> dict[str, Any]:
@@ -63,7 +68,7 @@ class ExecApi:
 
     Args:
         store: the agent's store (pods and their task records).
-        runtimes: the runtimes, whose ``exec`` runs the command.
+        runtimes: the runtimes, whose ``exec`` or ``exec_interactive`` runs the command.
     """
 
     def __init__(self, store: Store, runtimes: RuntimeRegistry) -> None:
@@ -74,34 +79,42 @@ class ExecApi:
         """Check the request, then upgrade to WebSocket and run the command.
 
         Query: ``command`` (repeated, the argv), ``container``, ``stdin``, ``stdout``,
-        ``stderr``, ``tty`` as in Kubernetes ``PodExecOptions``.
+        ``stderr``, ``tty`` as in Kubernetes ``PodExecOptions`` (``stderr`` is ignored with
+        ``tty``, as by the kubelet: a terminal has one output).
 
         Raises:
             NotFoundError: no such pod.
-            BadRequestError: no command; an unknown or ambiguous container; ``stdin`` or
-                ``tty`` asked for; a container that never started; a runtime without exec; or a
-                request that is not a WebSocket upgrade offering a ``channel.k8s.io`` protocol.
+            BadRequestError: no command; none of stdin, stdout, stderr; an unknown container; a
+                container that never started; a runtime without exec, or ``stdin`` or ``tty``
+                asked of a runtime without ``exec_interactive``; or a request that is not a
+                WebSocket upgrade offering a ``channel.k8s.io`` protocol.
         """
         stored = self.store.get_pod(request.params["namespace"], request.params["name"])
         argv = tuple(request.query.get_all("command"))
         if not argv:
             raise BadRequestError("you must specify at least one command for the container")
-        if request.query.get_bool("stdin") or request.query.get_bool("tty"):
-            raise BadRequestError(
-                "interactive exec (-i, -t) is not supported: florete-agent runs the command to "
-                "completion and returns its output; run kubectl exec without -i and -t"
-            )
+        query = request.query
+        stdin, tty = query.get_bool("stdin"), query.get_bool("tty")
+        stdout, stderr = query.get_bool("stdout"), query.get_bool("stderr") and not tty
+        if not (stdin or stdout or query.get_bool("stderr")):
+            raise BadRequestError("you must specify at least 1 of stdin, stdout, stderr")
         spec = stored.manifest["spec"]
         names = [c["name"] for c in spec["containers"]]
-        container = request.query.get("container") or names[0]
+        container = query.get("container") or names[0]
         if container not in names:
             raise BadRequestError(f"container {container} is not valid for pod {stored.name}")
         records = [r for r in self.store.tasks(stored.uid, container) if r.handle]
         if not records or records[-1].handle is None:
             raise BadRequestError(f'container "{container}" in pod "{stored.name}" is not running')
         runtime = self.runtimes.get(records[-1].runtime)
-        if not runtime.capabilities.exec:
+        if not (runtime.capabilities.exec or runtime.capabilities.exec_interactive):
             raise BadRequestError(f"runtime {runtime.name} cannot exec into a container")
+        if (stdin or tty) and not runtime.capabilities.exec_interactive:
+            raise BadRequestError(
+                f"interactive exec (-i, -t) is not supported by runtime {runtime.name}: it runs "
+                "the command to completion and returns its output; run kubectl exec without -i "
+                "and -t"
+            )
         handle = TaskHandle.from_json(records[-1].handle)
         protocol = self._protocol(request)
         from wsproto.utilities import generate_accept_token
@@ -114,9 +127,14 @@ class ExecApi:
             ("Sec-WebSocket-Protocol", protocol),
         )
         where = f"{stored.namespace}/{stored.name}/{container}"
+        if runtime.capabilities.exec_interactive:
+            work = _attached(runtime, handle, argv, stdin=stdin, tty=tty)
+        else:
+            work = _to_completion(runtime, handle, argv)
 
         async def run(buffered: bytes, stream: UpgradedStream) -> None:
-            await _Session(stream, buffered, where).run(runtime, handle, argv)
+            session = _Session(stream, buffered, where, stdout=stdout, stderr=stderr)
+            await session.run(argv[0], work)
 
         return Upgrade(headers, run)
 
@@ -145,10 +163,41 @@ class ExecApi:
         )
 
 
-class _Session:
-    """One exec over an upgraded connection: run, send output and status, close."""
+def _attached(
+    runtime: WorkloadRuntime, handle: TaskHandle, argv: tuple[str, ...], *, stdin: bool, tty: bool
+) -> _Work:
+    """The command attached to the session's streams (``exec_interactive``)."""
 
-    def __init__(self, stream: UpgradedStream, buffered: bytes, where: str) -> None:
+    async def work(session: _Session) -> int:
+        streams = ExecStreams(session.output, tty=tty, stdin=stdin)
+        session.streams = streams
+        session.input_ready.set()
+        try:
+            return await runtime.exec_interactive(handle, argv, streams)
+        finally:
+            streams.close()  # input that still comes is dropped
+
+    return work
+
+
+def _to_completion(runtime: WorkloadRuntime, handle: TaskHandle, argv: tuple[str, ...]) -> _Work:
+    """The command run to completion, then its combined output sent (``exec``)."""
+
+    async def work(session: _Session) -> int:
+        session.input_ready.set()  # without streams: input is dropped
+        result = await runtime.exec(handle, argv)
+        await session.output("stdout", result.output)
+        return result.exit_code
+
+    return work
+
+
+class _Session:
+    """One exec over an upgraded connection: run, copy the streams, send the status, close."""
+
+    def __init__(
+        self, stream: UpgradedStream, buffered: bytes, where: str, *, stdout: bool, stderr: bool
+    ) -> None:
         from wsproto import ConnectionType
         from wsproto.connection import Connection
 
@@ -157,39 +206,52 @@ class _Session:
         if buffered:
             self._ws.receive_data(buffered)
         self._where = where
+        self._channels = {
+            "stdout": STDOUT if stdout else None,
+            "stderr": STDERR if stderr else None,
+        }
         self._closed = asyncio.Event()
+        self._message_channel: int | None = None  # channel of the message being received
+        #: The command's streams, once it runs attached; input arriving before waits for them.
+        self.streams: ExecStreams | None = None
+        self.input_ready = asyncio.Event()
 
-    async def run(
-        self, runtime: WorkloadRuntime, handle: TaskHandle, argv: tuple[str, ...]
-    ) -> None:
-        result: ExecResult | None = None
+    async def run(self, what: str, work: _Work) -> None:
+        code: int | None = None
         message = ""
-        async with asyncio.TaskGroup() as group:
-            reader = group.create_task(self._read_frames())
+        reader = asyncio.create_task(self._read_frames())
+        try:
             try:
                 async with asyncio.timeout(EXEC_TIMEOUT):
-                    result = await self._until_closed(runtime.exec(handle, argv))
+                    code = await self._until_closed(work(self))
             except TimeoutError:
                 message = f"command did not finish within {EXEC_TIMEOUT:.0f} s"
             except FloreteError as err:
                 message = str(err)
-            if result is not None or message:
-                if result is not None:
-                    for start in range(0, len(result.output), _MESSAGE_BYTES):
-                        await self._send(STDOUT, result.output[start : start + _MESSAGE_BYTES])
-                status = _status(None if result is None else result.exit_code, message)
+            if code is not None or message:
+                status = _status(code, message)
                 await self._send(ERROR, json.dumps(status).encode())
                 await self._close()
-                log.info("exec in %s: %s -> %s", self._where, argv[0], status["status"])
+                log.info("exec in %s: %s -> %s", self._where, what, status["status"])
             try:
                 async with asyncio.timeout(_CLOSE_WAIT):
                     await self._closed.wait()
             except TimeoutError:
                 pass
+        finally:
             reader.cancel()
+            await asyncio.wait({reader})
 
-    async def _until_closed(self, work: Coroutine[Any, Any, ExecResult]) -> ExecResult | None:
-        """Run the exec coroutine; None (and the command cancelled) when the client left."""
+    async def output(self, stream: str, data: bytes) -> None:
+        """Send the command's output on its channel (dropped when the client did not ask)."""
+        channel = self._channels.get(stream)
+        if channel is None:
+            return
+        for start in range(0, len(data), _MESSAGE_BYTES):
+            await self._send(channel, data[start : start + _MESSAGE_BYTES])
+
+    async def _until_closed(self, work: Coroutine[Any, Any, int]) -> int | None:
+        """Run the command; None (and the command cancelled) when the client left."""
         task = asyncio.ensure_future(work)
         closed = asyncio.ensure_future(self._closed.wait())
         try:
@@ -203,15 +265,18 @@ class _Session:
         return task.result()
 
     async def _read_frames(self) -> None:
-        """Answer pings and close frames; note when the client is gone. Input is ignored."""
+        """Answer pings and close frames, pass input and terminal sizes on; note when the
+        client is gone."""
         from wsproto.connection import ConnectionState
-        from wsproto.events import CloseConnection, Ping
+        from wsproto.events import BytesMessage, CloseConnection, Ping
 
         try:
             while True:
                 for event in self._ws.events():
                     if isinstance(event, Ping):
                         self._stream.write(self._ws.send(event.response()))
+                    elif isinstance(event, BytesMessage):
+                        await self._message(event.data, event.message_finished)
                     elif isinstance(event, CloseConnection):
                         if self._ws.state is ConnectionState.REMOTE_CLOSING:
                             self._stream.write(self._ws.send(event.response()))
@@ -224,6 +289,30 @@ class _Session:
                 self._ws.receive_data(data)
         except OSError:
             self._closed.set()
+
+    async def _message(self, data: bytes | bytearray, finished: bool) -> None:
+        """One piece of a binary message: its first byte is the channel."""
+        if self._message_channel is None:
+            if not data:
+                return
+            self._message_channel, data = data[0], data[1:]
+        channel = self._message_channel
+        if finished:
+            self._message_channel = None
+        if channel not in (STDIN, RESIZE, CLOSE):
+            return
+        await self.input_ready.wait()
+        streams = self.streams
+        if streams is None:  # not attached: input is dropped
+            return
+        if channel == STDIN and data:
+            await streams.feed_stdin(bytes(data))
+        elif channel == CLOSE and data[:1] == bytes([STDIN]):
+            await streams.feed_stdin(b"")
+        elif channel == RESIZE:
+            size = _terminal_size(bytes(data))
+            if size is not None:
+                streams.resize(size)
 
     async def _send(self, channel: int, data: bytes) -> None:
         from wsproto.events import BytesMessage
@@ -240,3 +329,15 @@ class _Session:
             return
         self._stream.write(self._ws.send(CloseConnection(code=1000)))
         await self._stream.drain()
+
+
+def _terminal_size(data: bytes) -> TerminalSize | None:
+    """``{"Width": W, "Height": H}`` (``remotecommand.TerminalSize``), or None if malformed."""
+    try:
+        size = json.loads(data)
+        width, height = size["Width"], size["Height"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not all(isinstance(v, int) and 0 < v < 65536 for v in (width, height)):
+        return None
+    return TerminalSize(columns=width, rows=height)

@@ -13,14 +13,15 @@ backend makes it unhealthy (``Fingerprint.healthy = False``).
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import logging
 import signal as signal_module
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from agent.errors import CapabilityError
 
@@ -35,6 +36,9 @@ class Capabilities:
     Attributes:
         send_signals: :meth:`WorkloadRuntime.stop` can deliver an arbitrary signal.
         exec: :meth:`WorkloadRuntime.exec` runs a command inside a running task.
+        exec_interactive: :meth:`WorkloadRuntime.exec_interactive` runs a command attached to
+            the caller's streams: stdin, separate stdout and stderr, optionally a terminal
+            (``kubectl exec -it``). Implies ``exec``.
         fs_isolation: tasks get their own root filesystem (containers).
         resource_limits: memory and CPU limits are enforced (may depend on the host; see
             ``Fingerprint.attributes["limits"]``).
@@ -43,6 +47,7 @@ class Capabilities:
 
     send_signals: bool = False
     exec: bool = False
+    exec_interactive: bool = False
     fs_isolation: bool = False
     resource_limits: bool = False
     remote: bool = False
@@ -264,6 +269,136 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class TerminalSize:
+    """Size of a terminal in character cells (``remotecommand.TerminalSize``).
+
+    Attributes:
+        columns: width, 1-65535.
+        rows: height, 1-65535.
+    """
+
+    columns: int
+    rows: int
+
+
+class ExecIO(Protocol):
+    """The caller's side of :meth:`WorkloadRuntime.exec_interactive`, as the runtime sees it.
+
+    Modelled on Nomad's ``ExecOptions`` (``plugins/drivers/driver.go``: ``Tty``, ``Stdin``,
+    ``Stdout``, ``Stderr``, ``ResizeCh``). :class:`ExecStreams` is the implementation callers
+    use.
+
+    Attributes:
+        tty: run the command on a new pseudo-terminal, which is its stdin, stdout and stderr
+            and its controlling terminal: all output comes as ``"stdout"``, and the caller's
+            input goes through the terminal's line discipline (echo, ``^C`` -> SIGINT).
+        stdin: the caller sends input. Without it the command's stdin is empty (``/dev/null``),
+            or with ``tty`` a terminal nobody types on.
+    """
+
+    @property
+    def tty(self) -> bool: ...
+
+    @property
+    def stdin(self) -> bool: ...
+
+    async def read_stdin(self) -> bytes:
+        """The next piece of input (at most 64 KiB); ``b""`` once it ended, and after that."""
+        ...
+
+    async def write(self, stream: str, data: bytes) -> None:
+        """Hand output to the caller; returns once it may take more (backpressure).
+
+        Args:
+            stream: ``"stdout"`` or ``"stderr"``.
+            data: the bytes, never empty.
+        """
+        ...
+
+    async def next_size(self) -> TerminalSize:
+        """Wait for the terminal's next size; the first call returns the first size known."""
+        ...
+
+
+class ExecStreams:
+    """An :class:`ExecIO` whose output goes to a callback and whose input and sizes are fed.
+
+    The caller runs :meth:`WorkloadRuntime.exec_interactive` with it and meanwhile feeds input
+    with :meth:`feed_stdin` (``b""`` ends it) and sizes with :meth:`resize`. Input is queued up
+    to :data:`STDIN_QUEUE` pieces: :meth:`feed_stdin` waits while the command does not read.
+
+    Args:
+        output: called with ``(stream, data)`` for every piece of output, awaited before the
+            next (its slowness slows the command's output down, as a full pipe would).
+        tty: see :attr:`ExecIO.tty`.
+        stdin: see :attr:`ExecIO.stdin`.
+    """
+
+    STDIN_QUEUE = 16
+
+    def __init__(
+        self, output: Callable[[str, bytes], Awaitable[None]], *, tty: bool, stdin: bool
+    ) -> None:
+        self._output = output
+        self._tty = tty
+        self._stdin = stdin
+        self._input: asyncio.Queue[bytes] = asyncio.Queue(self.STDIN_QUEUE)
+        self._input_ended = not stdin
+        self._fed_end = not stdin
+        self._size: TerminalSize | None = None
+        self._size_changed = asyncio.Event()
+
+    @property
+    def tty(self) -> bool:
+        """See :attr:`ExecIO.tty`."""
+        return self._tty
+
+    @property
+    def stdin(self) -> bool:
+        """See :attr:`ExecIO.stdin`."""
+        return self._stdin
+
+    async def feed_stdin(self, data: bytes) -> None:
+        """Queue input for the command; ``b""`` ends it. Input after the end is dropped."""
+        if self._fed_end:
+            return
+        self._fed_end = not data
+        await self._input.put(bytes(data))
+
+    def close(self) -> None:
+        """Drop queued and further input (the command ended); a waiting :meth:`feed_stdin`
+        returns."""
+        self._fed_end = True
+        while not self._input.empty():
+            self._input.get_nowait()
+
+    def resize(self, size: TerminalSize) -> None:
+        """Set the terminal's size (only the latest unread one is kept)."""
+        self._size = size
+        self._size_changed.set()
+
+    async def read_stdin(self) -> bytes:
+        """See :meth:`ExecIO.read_stdin`."""
+        if self._input_ended:
+            return b""
+        data = await self._input.get()
+        self._input_ended = not data
+        return data
+
+    async def write(self, stream: str, data: bytes) -> None:
+        """See :meth:`ExecIO.write`."""
+        if data:
+            await self._output(stream, data)
+
+    async def next_size(self) -> TerminalSize:
+        """See :meth:`ExecIO.next_size`."""
+        await self._size_changed.wait()
+        self._size_changed.clear()
+        assert self._size is not None
+        return self._size
+
+
+@dataclass(frozen=True)
 class RuntimeContext:
     """What the agent gives a runtime when it constructs it.
 
@@ -390,6 +525,29 @@ class WorkloadRuntime(abc.ABC):
             CapabilityError: the runtime has no ``exec`` capability.
         """
         raise CapabilityError(f"runtime {self.name} cannot exec into a task")
+
+    async def exec_interactive(self, handle: TaskHandle, argv: tuple[str, ...], io: ExecIO) -> int:
+        """Run ``argv`` inside the running task's environment, attached to ``io``, until it ends.
+
+        The runtime copies ``io``'s input to the command's stdin (closing it when the input
+        ends, unless ``io.tty``), the command's stdout and stderr to :meth:`ExecIO.write`, and
+        with ``io.tty`` every :meth:`ExecIO.next_size` to the terminal. It returns once the
+        command ended and its output was written; output of processes the command left behind
+        that still hold its stdout is given up after a short wait. Unlike :meth:`exec`, output
+        is not cut.
+
+        Callers bound the time with ``asyncio.timeout``; on cancellation, or when a method of
+        ``io`` raises, the command is killed before the exception propagates.
+
+        Returns:
+            The command's exit code: 128 + N when a signal N killed it; 127 when ``argv[0]``
+            was not found and 126 when it could not be run (with a message on stderr).
+
+        Raises:
+            CapabilityError: the runtime has no ``exec_interactive`` capability.
+            WorkloadError: empty argv, or the task is not running.
+        """
+        raise CapabilityError(f"runtime {self.name} cannot attach to a command in a task")
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release the runtime's own resources at agent shutdown. Tasks keep running."""

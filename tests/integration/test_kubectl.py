@@ -8,22 +8,30 @@ installed.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
+import select
 import shutil
+import signal
 import ssl
+import struct
 import subprocess
 import tempfile
+import termios
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
 from agent.apiclient import ApiClient
 from agent.errors import ApiError
+from tests import podman_env
 from tests.integration.conftest import Agent
 
 pytestmark = [
@@ -50,18 +58,24 @@ spec:
 
 @dataclass
 class Kube:
-    """The module's agent and a kubectl that talks to it."""
+    """The module's agent and a kubectl that talks to it (run with ``prefix``, e.g. ``ip netns
+    exec NS``, when the agent listens in a network namespace)."""
 
     agent: Agent
     kubeconfig: Path
     home: Path
+    prefix: tuple[str, ...] = ()
+
+    def argv(self, *args: str) -> list[str]:
+        """The command line of ``kubectl ARGS``."""
+        return [*self.prefix, "kubectl", *args]
 
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         """Run ``kubectl ARGS``; with ``check``, fail the test on a non-zero exit."""
         result = subprocess.run(
-            ["kubectl", *args],
+            self.argv(*args),
             env=self.env(),
             input=stdin,
             text=True,
@@ -398,12 +412,174 @@ def test_exec(k: Kube) -> None:
     k.apply("shell")
     k.wait_running("shell")
     ok = k.run("exec", "shell", "--", "sh", "-c", "echo out; echo err >&2")
-    assert ok.stdout == "out\nerr\n"
+    assert (ok.stdout, ok.stderr) == ("out\n", "err\n")
     failed = k.run("exec", "shell", "--", "sh", "-c", "exit 7", check=False)
     assert failed.returncode == 7
     assert "command terminated with exit code 7" in failed.stderr
-    interactive = k.run("exec", "-i", "shell", "--", "cat", stdin="", check=False)
-    assert interactive.returncode == 1
-    assert "interactive exec (-i, -t) is not supported" in interactive.stderr
+    big = k.run("exec", "shell", "--", "sh", "-c", "yes 0123456789 | head -n 20000")
+    assert big.stdout == "0123456789\n" * 20000  # streamed, not cut
     missing = k.run("exec", "nobody", "--", "true", check=False)
     assert 'pods "nobody" not found' in missing.stderr
+
+
+def test_exec_with_stdin(k: Kube) -> None:
+    k.apply("catty")
+    k.wait_running("catty")
+    check_stdin(k, "catty")
+    # kubectl killed: its command is killed too
+    marker = f"{7000 + os.getpid() % 1000}.5"
+    with subprocess.Popen(
+        k.argv("exec", "-i", "catty", "--", "sleep", marker),
+        env=k.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as gone:
+        k.agent.wait_for("the exec's command", lambda: bool(_sleeps(marker)))
+        gone.kill()
+    k.agent.wait_for("the exec's command killed", lambda: not _sleeps(marker), timeout=15)
+
+
+def check_stdin(k: Kube, pod: str) -> None:
+    """``kubectl exec -i POD``: piped stdin reaches the command, its end too."""
+    lines = "".join(f"line {i}\n" for i in range(5000))
+    echoed = k.run("exec", "-i", pod, "--", "cat", stdin=lines)
+    assert echoed.stdout == lines
+    # the end of stdin reaches the command (v5 close of channel 0); its exit code comes back
+    script = 'n=$(wc -l); echo "$n lines"; echo bye >&2; exit 3'
+    counted = k.run("exec", "-i", pod, "--", "sh", "-c", script, stdin=lines, check=False)
+    assert (counted.returncode, counted.stdout.split()) == (3, ["5000", "lines"])
+    assert counted.stderr.startswith("bye\n")
+
+
+def _sleeps(marker: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]]
+
+
+def test_exec_interactive_terminal(k: Kube) -> None:
+    k.apply("tty")
+    k.wait_running("tty")
+    check_terminal(k, "tty")
+
+
+def check_terminal(k: Kube, pod: str) -> None:
+    """``kubectl exec -it POD -- sh`` on a terminal of its own: prompt, echo, sizes, ^C, exit."""
+    argv = k.argv("exec", "-it", pod, "--", "env", "PS1=fl$ ", "sh")
+    with Terminal(argv, k.env(), rows=30, columns=90) as term:
+        term.expect(b"fl$ ")  # the prompt of an interactive shell: stdin is a terminal
+        term.type(b"echo hi $((6*7))\r")
+        term.expect(b"echo hi $((6*7))\r\n")  # echoed by the pod's terminal
+        term.expect(b"hi 42\r\n")
+        term.type(b"stty size\r")
+        term.expect(b"30 90\r\n")  # kubectl sent this terminal's size
+        term.resize(rows=50, columns=132)
+        time.sleep(0.5)  # kubectl sends the new size on SIGWINCH
+        term.type(b"stty size\r")
+        term.expect(b"50 132\r\n")
+        term.type(b"sleep 600\r")
+        time.sleep(0.5)
+        term.type(b"\x03")  # ^C: SIGINT to the pod terminal's foreground job only
+        term.expect(b"fl$ ")
+        term.type(b"exit 4\r")
+        assert term.wait() == 4
+
+
+def test_cp_both_ways(k: Kube, tmp_path: Path) -> None:
+    k.apply("files")
+    k.wait_running("files")
+    source = tmp_path / "source.txt"
+    source.write_bytes(os.urandom(200_000).hex().encode())
+    inside = tmp_path / "pod"  # a host process's file system is the host's
+    inside.mkdir()
+    k.run("cp", str(source), f"files:{inside}/copied.txt")  # tar -x in the pod, stdin piped
+    assert (inside / "copied.txt").read_bytes() == source.read_bytes()
+    back = tmp_path / "back.txt"
+    k.run("cp", f"files:{inside}/copied.txt", str(back))  # tar -c in the pod, stdout streamed
+    assert back.read_bytes() == source.read_bytes()
+
+
+def test_exec_in_a_podman_container(make_agent: Any, tmp_path: Path) -> None:
+    """The same exec, stdin and terminal checks in a container (libpod exec sessions)."""
+    if podman_env.unavailable():
+        pytest.skip(str(podman_env.unavailable()))
+    env = podman_env.environment()
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[runtimes.podman]\nsocket = "{env.socket}"\nstart_service = false\n')
+    agent = make_agent({"FLORETE_CONFIG": str(config), "FLORETE_API_LISTEN": "127.0.0.1:0"})
+    kubeconfig = tmp_path / "kube" / "config"
+    agent.cli("kubeconfig", "--file", str(kubeconfig), "--user", "tester")
+    (tmp_path / "home").mkdir()
+    k = Kube(agent, kubeconfig, tmp_path / "home")
+    manifest = f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: boxed}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {podman_env.IMAGE}
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, "exec sleep 600"]
+"""
+    k.run("apply", "-f", "-", stdin=manifest)
+    k.wait_running("boxed")
+    try:
+        script = "tr '\\0' ' ' </proc/1/cmdline; echo; echo e >&2"
+        ok = k.run("exec", "boxed", "--", "sh", "-c", script)
+        assert (ok.stdout, ok.stderr) == ("sleep 600 \n", "e\n")  # the container's own pid 1
+        check_stdin(k, "boxed")
+        check_terminal(k, "boxed")
+    finally:
+        k.run("delete", "pod", "boxed", "--timeout=60s")
+
+
+class Terminal:
+    """A command on a pseudo-terminal of its own, as a user's shell would run it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], rows: int, columns: int) -> None:
+        self.master, slave = os.openpty()
+        self._slave = slave
+        self.resize(rows, columns, signal_it=False)
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        self.seen = bytearray()
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+        os.close(self._slave)
+
+    def resize(self, rows: int, columns: int, signal_it: bool = True) -> None:
+        """Set the terminal's size and tell the command (SIGWINCH), as a terminal emulator."""
+        fcntl.ioctl(self._slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        if signal_it:
+            self.proc.send_signal(signal.SIGWINCH)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def expect(self, text: bytes, timeout: float = 20.0) -> None:
+        """Read the terminal until ``text`` shows; what was read up to it is consumed."""
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.proc.poll() is not None and not self._read(0)):
+                raise AssertionError(f"no {text!r} on the terminal; it shows {bytes(self.seen)!r}")
+            self._read(left)
+        del self.seen[: self.seen.index(text) + len(text)]
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], min(timeout, 0.5))
+        if ready:
+            self.seen += os.read(self.master, 65536)
+        return bool(ready)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)

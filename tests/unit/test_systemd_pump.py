@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from agent.errors import WorkloadError
+from wri_plugins.api import ExecStreams
 from wri_plugins.process import crilog
 from wri_plugins.process.state import encode_env
 from wri_plugins.systemd import logpump
-from wri_plugins.systemd.execclient import run_exec
+from wri_plugins.systemd.execclient import NotStartedError, run_attached, run_exec
 
 RUN_PUMP = Path(logpump.__file__).with_name("run_pump.py")
 ENV = {"PATH": "/usr/bin:/bin", "FOO": "bar baz"}
@@ -266,3 +267,52 @@ async def test_exec_after_the_task_ended_fails(
         await run_exec(name, ("true",), 100)
     with pytest.raises(WorkloadError, match="non-empty argv"):
         await run_exec(name, (), 100)
+
+
+async def test_attached_exec_gets_stdin_and_stderr_apart(
+    serving_pump: tuple[str, asyncio.subprocess.Process],
+) -> None:
+    name, _ = serving_pump
+    output: list[tuple[str, bytes]] = []
+
+    async def write(stream: str, data: bytes) -> None:
+        output.append((stream, data))
+
+    streams = ExecStreams(write, tty=False, stdin=True)
+    await streams.feed_stdin(b"in\n")
+    await streams.feed_stdin(b"")
+    script = 'read line; echo "got $line $FOO"; echo err >&2; exit 6'
+    code = await asyncio.wait_for(run_attached(name, ("sh", "-c", script), streams), 10)
+    assert code == 6
+    assert b"".join(d for s, d in output if s == "stdout") == b"got in bar baz\n"
+    assert b"".join(d for s, d in output if s == "stderr") == b"err\n"
+
+
+async def test_attached_exec_against_a_pump_that_predates_it() -> None:
+    """A pump of an older agent takes requests with one descriptor only: it closes the
+    connection of one with three, having run nothing."""
+    name = f"florete-test-old-pump-{os.getpid()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind("\0" + name)
+    listener.listen(1)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def old_pump() -> int:
+        conn, _ = await loop.sock_accept(listener)
+        conn.setblocking(True)
+        with conn:
+            _, fds, _, _ = await asyncio.to_thread(socket.recv_fds, conn, 65536, 3)
+            for fd in fds:
+                os.close(fd)
+            return len(fds)
+
+    async def write(stream: str, data: bytes) -> None:
+        raise AssertionError("no output expected")
+
+    with listener:
+        serving = asyncio.create_task(old_pump())
+        streams = ExecStreams(write, tty=True, stdin=True)
+        with pytest.raises(NotStartedError, match="restart the pod"):
+            await asyncio.wait_for(run_attached(name, ("true",), streams), 10)
+        assert await serving == 3

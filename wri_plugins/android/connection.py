@@ -244,17 +244,24 @@ class PhoneLink:
         )
 
     async def _open(
-        self, conn: asyncssh.SSHClientConnection, command: str
+        self,
+        conn: asyncssh.SSHClientConnection,
+        command: str,
+        term_size: tuple[int, int] | None = None,
     ) -> asyncssh.SSHClientProcess[bytes]:
         """Open a session running ``command``; retried while sshd refuses it for want of a
         session slot (it frees a closed session's slot a moment after the client sees the
-        close, so a burst of commands can briefly exceed ``MaxSessions``)."""
+        close, so a burst of commands can briefly exceed ``MaxSessions``). With ``term_size``
+        (columns, rows) the session gets a pseudo-terminal (RFC 4254 §6.2)."""
         ssh = _asyncssh()
         attempt = 1
+        terminal: dict[str, Any] = {}
+        if term_size is not None:
+            terminal = {"term_type": "xterm", "term_size": term_size}
         while True:
             try:
                 proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(
-                    command, encoding=None
+                    command, encoding=None, **terminal
                 )
             except ssh.ChannelOpenError:
                 if attempt == OPEN_ATTEMPTS or conn.is_closed():
@@ -265,11 +272,13 @@ class PhoneLink:
                 return proc
 
     @contextlib.asynccontextmanager
-    async def process(self, command: str) -> AsyncIterator[asyncssh.SSHClientProcess[bytes]]:
+    async def process(
+        self, command: str, term_size: tuple[int, int] | None = None
+    ) -> AsyncIterator[asyncssh.SSHClientProcess[bytes]]:
         """A command on the phone whose output the caller reads as it comes (for ``exec``).
 
         The session counts against ``max_sessions`` until the block ends; the channel is closed
-        then.
+        then. With ``term_size`` (columns, rows) it runs on a pseudo-terminal.
 
         Raises:
             RuntimeUnavailableError: the phone cannot be reached, or the connection was lost.
@@ -278,7 +287,7 @@ class PhoneLink:
         conn = await self._connection()
         async with self._sessions:
             try:
-                proc = await self._open(conn, command)
+                proc = await self._open(conn, command, term_size)
             except (ssh.Error, OSError) as err:
                 self._drop(conn)
                 raise RuntimeUnavailableError(

@@ -292,7 +292,8 @@ stats) # ID: "CLK_TCK PAGE_SIZE", then "PID UTIME STIME RSS_PAGES READ_BYTES WRI
         echo "$pid ${12} ${13} ${22} $rb $wb"
     done
     ;;
-exec) # ID ARGV...: print "pid PID", then become ARGV in the task's environment, output merged
+exec | attach) # ID ARGV...: print "pid PID", then become ARGV in the task's environment, with
+    # its output merged (exec) or stderr kept apart (attach: interactive exec)
     task_dir "$1"
     read_pids
     [ ! -e "$d/exit" ] && alive "$w" "$wst" || fail 7 "task $1 is not running"
@@ -302,6 +303,7 @@ exec) # ID ARGV...: print "pid PID", then become ARGV in the task's environment,
     cd "$wd" 2>/dev/null || fail 5 "working directory $wd does not exist on the phone"
     . "$d/env"
     echo "pid $$"
+    [ "$cmd" = attach ] && exec "$@"
     exec "$@" 2>&1
     ;;
 kill) # PID: SIGKILL an exec'd command's process group (it leads one: see the agent's command)

@@ -23,12 +23,14 @@ from typing import Any, ClassVar
 
 from agent.errors import ConfigError, RuntimeUnavailableError, WorkloadError
 from wri_plugins.android import commands
+from wri_plugins.android.attach import run_attached, started_pid
 from wri_plugins.android.batch import Batcher
 from wri_plugins.android.commands import RemoteState
-from wri_plugins.android.connection import Completed, PhoneLink, Target, output_text
+from wri_plugins.android.connection import Completed, PhoneLink, Target
 from wri_plugins.android.logs import LogCursor
 from wri_plugins.api import (
     Capabilities,
+    ExecIO,
     ExecResult,
     ExitResult,
     Fingerprint,
@@ -104,7 +106,9 @@ class AndroidRuntime(WorkloadRuntime):
     """
 
     name: ClassVar[str] = "android"
-    capabilities: ClassVar[Capabilities] = Capabilities(send_signals=True, exec=True, remote=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        send_signals=True, exec=True, exec_interactive=True, remote=True
+    )
     OPTIONS: ClassVar[dict[str, Any]] = {
         "host": "",
         "port": 8022,
@@ -515,15 +519,7 @@ class AndroidRuntime(WorkloadRuntime):
             async with link.process(
                 commands.helper_command(self._base, "exec", task_id, *argv)
             ) as proc:
-                first = await proc.stdout.readline()
-                if not first.startswith(b"pid "):
-                    done = await proc.wait()
-                    code = link.exit_code(done.exit_status, done.exit_signal)
-                    if code in (commands.NOT_RUNNING, commands.NO_TASK):
-                        raise WorkloadError(f"task {task_id} is not running")
-                    message = output_text(done.stderr) or "no message"
-                    raise WorkloadError(f"exec in task {task_id}: {message}")
-                pid = first[4:].strip().decode(errors="replace")
+                pid = await started_pid(proc, link, task_id)
                 output = bytearray()
                 while chunk := await proc.stdout.read(65536):
                     output += chunk[: EXEC_OUTPUT_LIMIT - len(output)]
@@ -534,6 +530,27 @@ class AndroidRuntime(WorkloadRuntime):
                     await self._helper("kill", pid)
             raise
         return ExecResult(link.exit_code(done.exit_status, done.exit_signal), bytes(output))
+
+    async def exec_interactive(self, handle: TaskHandle, argv: tuple[str, ...], io: ExecIO) -> int:
+        """Run ``argv`` on the phone as :meth:`exec` does, attached to ``io`` over an SSH
+        session of its own (a pseudo-terminal with ``io.tty``; see ``attach``).
+
+        Returns:
+            Exit code (128 + N if killed by signal N; 127 not found, 126 not executable).
+
+        Raises:
+            WorkloadError: empty argv, a NUL byte in it, or the task is not running.
+            RuntimeUnavailableError: the phone cannot be reached.
+        """
+        task_id = self._task_id(handle)
+        if not argv:
+            raise WorkloadError("exec needs a command (argv is empty)")
+        if any("\0" in a for a in argv):
+            raise WorkloadError("an exec argument holds a NUL byte")
+        link = self._require()
+        return await run_attached(
+            link, self._base, task_id, argv, io, lambda pid: self._helper("kill", pid)
+        )
 
     async def recover(self, handle: TaskHandle) -> bool:
         """True when the task runs on the phone or its end is recorded; False when it is gone

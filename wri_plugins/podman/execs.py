@@ -6,6 +6,11 @@
 its ``ExitCode`` (podman 4.3 API). A cancelled exec is killed by its host pid, since libpod has
 no endpoint that kills an exec session.
 
+An interactive exec (:func:`run_attached`) creates the session with ``AttachStdin`` and ``Tty``
+as asked and starts it with ``Upgrade: tcp``: podman answers ``101`` and the connection then
+carries stdin to the command (a half-close ends it) and its output back, multiplexed or, with a
+terminal, raw. Terminal sizes go to ``POST /libpod/exec/{id}/resize?h=ROWS&w=COLUMNS``.
+
 Podman keeps the conmon of an API exec session alive for ``exit_command_delay`` (containers.conf,
 default 300 s) after the command ended, so that clients can still read the exit code. That conmon
 sits in the pod's cgroup: removing the pod in those 5 minutes makes podman retry the cgroup's
@@ -25,7 +30,7 @@ import signal
 import psutil
 
 from agent.errors import FloreteError, WorkloadError
-from wri_plugins.api import ExecResult
+from wri_plugins.api import ExecIO, ExecResult
 from wri_plugins.podman.frames import FrameDecoder
 from wri_plugins.podman.libpod import LibpodError
 from wri_plugins.podman.service import PodmanService
@@ -70,6 +75,107 @@ async def run_exec(
         raise
     await asyncio.to_thread(end_lingering_conmon, exec_id)
     return ExecResult(code, bytes(output))
+
+
+async def run_attached(
+    service: PodmanService, container: str, argv: tuple[str, ...], io: ExecIO
+) -> int:
+    """Run ``argv`` in ``container`` attached to ``io`` (see the module docstring).
+
+    Returns:
+        Exit code (podman's 126/127 when the command cannot run).
+
+    Raises:
+        WorkloadError: the container is not running or podman refused.
+        asyncio.CancelledError: after killing the command; so is what ``io`` raised.
+    """
+    body = {
+        "AttachStdin": io.stdin,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "Tty": io.tty,
+        "Cmd": list(argv),
+    }
+    try:
+        created = await service.call("POST", f"/containers/{container}/exec", body=body)
+        exec_id = str(created["Id"])
+    except LibpodError as err:
+        raise WorkloadError(f"cannot exec in container {container}: {err}") from err
+    except (KeyError, TypeError) as err:
+        raise WorkloadError(f"podman answered exec create without an Id: {err}") from err
+    try:
+        await _stream(service, exec_id, io)
+        code = await _exit_code(service, exec_id)
+    except BaseException:
+        await _kill(service, exec_id)
+        raise
+    await asyncio.to_thread(end_lingering_conmon, exec_id)
+    return code
+
+
+async def _stream(service: PodmanService, exec_id: str, io: ExecIO) -> None:
+    """Copy the streams of a started session until its output ends."""
+    client = await service.client()
+    start = {"Detach": False, "Tty": io.tty}
+    try:
+        async with client.hijack("POST", f"/exec/{exec_id}/start", body=start) as hijacked:
+            reader, writer, buffered = hijacked
+            feeders = []
+            if io.stdin:
+                feeders.append(asyncio.create_task(_copy_in(io, writer)))
+            if io.tty:
+                feeders.append(asyncio.create_task(_copy_sizes(service, exec_id, io)))
+            try:
+                await _copy_out(io, reader, buffered)
+                for feeder in feeders:
+                    if feeder.done():
+                        feeder.result()  # io failed: the caller is gone
+            finally:
+                for feeder in feeders:
+                    feeder.cancel()
+                if feeders:
+                    await asyncio.wait(feeders)
+    except LibpodError as err:  # podman could not run it at all
+        await io.write("stderr", f"{err}\n".encode())
+
+
+async def _copy_in(io: ExecIO, writer: asyncio.StreamWriter) -> None:
+    """The caller's input to the command; its end half-closes the connection (no terminal)."""
+    try:
+        while data := await io.read_stdin():
+            writer.write(data)
+            await writer.drain()
+        if not io.tty and writer.can_write_eof():
+            writer.write_eof()
+    except OSError:  # the command ended: the connection is closed
+        return
+
+
+async def _copy_sizes(service: PodmanService, exec_id: str, io: ExecIO) -> None:
+    while True:
+        size = await io.next_size()
+        query = {"h": size.rows, "w": size.columns}
+        with contextlib.suppress(LibpodError):  # the session just ended
+            await service.call("POST", f"/exec/{exec_id}/resize", query=query)
+
+
+async def _copy_out(io: ExecIO, reader: asyncio.StreamReader, buffered: bytes) -> None:
+    decoder = None if io.tty else FrameDecoder()
+    data = buffered
+    while True:
+        if data:
+            if decoder is None:
+                await io.write("stdout", data)
+            else:
+                for frame in decoder.feed(data):
+                    if frame.stream in ("stdout", "stderr") and frame.payload:
+                        await io.write(frame.stream, frame.payload)
+        try:
+            data = await reader.read(65536)
+        except OSError:
+            data = b""
+        if not data:
+            return
 
 
 async def _attach(service: PodmanService, exec_id: str, output: bytearray, limit: int) -> None:

@@ -246,6 +246,62 @@ class LibpodClient:
         finally:
             conn.close()
 
+    @contextlib.asynccontextmanager
+    async def hijack(
+        self, method: str, path: str, *, body: Any = None
+    ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]]:
+        """Send a request that takes the connection over (``exec/{id}/start`` attached).
+
+        Asks for ``Upgrade: tcp``, as the Docker CLI does ("Hijacking" in the Docker Engine
+        API); podman answers ``101 UPGRADED`` and from then on the connection carries the raw
+        streams both ways: the command's stdin to podman, its output back (multiplexed frames
+        without a terminal, see :mod:`.frames`; raw bytes with one). Half-closing the writer
+        ends the command's stdin. Closing the context closes the connection.
+
+        Yields:
+            ``(reader, writer, buffered)``: the connection and the stream bytes that arrived
+            with the answer's head.
+
+        Raises:
+            ApiUnreachableError: the socket does not accept a connection.
+            RuntimeUnavailableError: the API closed the connection before answering.
+            LibpodError: the answer's status is >= 400.
+            RemoteProtocolError: the answer is neither an error nor ``101``.
+        """
+        target = build_target(path)
+        payload = b"" if body is None else json.dumps(body).encode()
+        headers = [
+            ("Host", "podman"),
+            ("Content-Length", str(len(payload))),
+            ("Content-Type", "application/json"),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "tcp"),
+        ]
+        conn = await self._open()
+        try:
+            try:
+                await conn.send(h11.Request(method=method, target=target, headers=headers))
+                await conn.send(h11.Data(data=payload))
+                await conn.send(h11.EndOfMessage())
+                event = await conn.next_event()
+            except (OSError, EOFError) as err:
+                raise RuntimeUnavailableError(
+                    f"podman API at {self.socket_path} closed the connection on {method} {path}: "
+                    f"{err}"
+                ) from err
+            if isinstance(event, h11.Response) and event.status_code >= 400:
+                body_bytes = b"".join(
+                    [chunk async for chunk in Response(event.status_code, {}, conn).chunks()]
+                )
+                raise LibpodError.from_body(event.status_code, body_bytes)
+            if not (isinstance(event, h11.InformationalResponse) and event.status_code == 101):
+                raise RemoteProtocolError(f"podman API did not take over the connection: {event}")
+            _log.debug("%s %s -> 101", method, target)
+            buffered, _closed = conn.h11.trailing_data
+            yield conn.reader, conn.writer, bytes(buffered)
+        finally:
+            conn.close()
+
     async def request(
         self,
         method: str,

@@ -59,6 +59,7 @@ import psutil
 from agent.errors import RemoteError, RuntimeUnavailableError, WorkloadError
 from wri_plugins.api import (
     Capabilities,
+    ExecIO,
     ExecResult,
     ExitResult,
     Fingerprint,
@@ -70,7 +71,7 @@ from wri_plugins.api import (
     TaskStatus,
     WorkloadRuntime,
 )
-from wri_plugins.podman.execs import run_exec
+from wri_plugins.podman.execs import run_attached, run_exec
 from wri_plugins.podman.images import EventSink, ImagePuller
 from wri_plugins.podman.libpod import LibpodError, quote_name
 from wri_plugins.podman.oom import kernel_saw_oom_kill
@@ -153,7 +154,7 @@ class PodmanRuntime(WorkloadRuntime):
 
     name: ClassVar[str] = "podman"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        send_signals=True, exec=True, fs_isolation=True, resource_limits=True
+        send_signals=True, exec=True, exec_interactive=True, fs_isolation=True, resource_limits=True
     )
     OPTIONS: ClassVar[dict[str, Any]] = OPTIONS
 
@@ -533,6 +534,24 @@ class PodmanRuntime(WorkloadRuntime):
         if info is None or now != "running":
             raise WorkloadError(f"task {handle.task_id} is not running")
         return await run_exec(self._service, info.id, argv, EXEC_OUTPUT_LIMIT)
+
+    async def exec_interactive(self, handle: TaskHandle, argv: tuple[str, ...], io: ExecIO) -> int:
+        """Run ``argv`` in the running container attached to ``io``: a libpod exec session
+        with ``AttachStdin`` and ``Tty`` as asked, its start hijacking the connection (see
+        ``execs``); a cancelled exec's process is killed.
+
+        Returns:
+            Exit code (126/127 when podman cannot run it).
+
+        Raises:
+            WorkloadError: empty argv, or the task is not running.
+        """
+        if not argv:
+            raise WorkloadError("exec needs a command (argv is empty)")
+        info, now = await self._current(handle)
+        if info is None or now != "running":
+            raise WorkloadError(f"task {handle.task_id} is not running")
+        return await run_attached(self._service, info.id, argv, io)
 
     async def recover(self, handle: TaskHandle) -> bool:
         """True when the container runs or ended with a recorded exit; nothing is restarted.

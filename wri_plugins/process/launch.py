@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import WorkloadError
-from wri_plugins.api import ExecResult
+from wri_plugins.api import ExecIO, ExecResult
+from wri_plugins.stdio import ChildStdio
 
 _log = logging.getLogger(__name__)
 SHIM = Path(__file__).with_name("run_shim.py")
@@ -349,3 +350,50 @@ async def run_exec(cwd: str, shim_args: Sequence[str], limit: int) -> ExecResult
         await proc.wait()
         raise
     return ExecResult(exit_code=128 - code if code < 0 else code, output=bytes(output))
+
+
+async def run_attached(cwd: str, shim_args: Sequence[str], io: ExecIO) -> int:
+    """Run ``shim.py exec <shim_args>`` attached to ``io`` (pipes, or a pty with ``io.tty``).
+
+    With a terminal the command leads a new session and takes the pty as its controlling
+    terminal (the shim's ``--tty``).
+
+    Args:
+        cwd: working directory of the command.
+        shim_args: ``[--cgroup DIR]... --env-file FILE -- ARGV...``.
+        io: the caller's streams.
+
+    Returns:
+        Exit code (128 + N when killed by signal N).
+
+    Raises:
+        WorkloadError: the command could not be spawned (``cwd`` is gone, out of ptys).
+        asyncio.CancelledError: after killing the command's session.
+    """
+    try:
+        stdio = ChildStdio.open(io)
+    except OSError as err:
+        raise WorkloadError(f"cannot make the exec's stdio: {err}") from err
+    tty = ("--tty", "1") if io.tty else ()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *shim_command("exec", *tty, *shim_args),
+            stdin=stdio.child[0],
+            stdout=stdio.child[1],
+            stderr=stdio.child[2],
+            env={},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as err:
+        stdio.close()
+        raise WorkloadError(f"cannot exec in {cwd}: {err}") from err
+    stdio.close_child()
+    try:
+        code = await stdio.attach(io, proc.wait())
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise
+    return 128 - code if code < 0 else code

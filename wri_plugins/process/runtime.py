@@ -34,6 +34,7 @@ import psutil
 from agent.errors import ConfigError, WorkloadError
 from wri_plugins.api import (
     Capabilities,
+    ExecIO,
     ExecResult,
     ExitResult,
     Fingerprint,
@@ -115,7 +116,7 @@ class ProcessRuntime(WorkloadRuntime):
 
     name: ClassVar[str] = "process"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        send_signals=True, exec=True, resource_limits=True
+        send_signals=True, exec=True, exec_interactive=True, resource_limits=True
     )
     OPTIONS: ClassVar[dict[str, Any]] = {
         "log_max_bytes": 10 * MiB,
@@ -227,7 +228,12 @@ class ProcessRuntime(WorkloadRuntime):
                 cgroups=tuple(cgroups),
                 log_path=spec.log_path,
             )
-            record = {"working_dir": prep.cwd, "argv": list(spec.argv), "state": state.to_state()}
+            record = {
+                "working_dir": prep.cwd,
+                "argv": list(spec.argv),
+                "user_args": list(prep.user_args),  # exec commands run as the workload's user
+                "state": state.to_state(),
+            }
             await asyncio.to_thread(
                 write_atomic, task_dir / TASK_FILE, json.dumps(record).encode(), durable=False
             )
@@ -436,7 +442,7 @@ class ProcessRuntime(WorkloadRuntime):
             yield record
 
     async def exec(self, handle: TaskHandle, argv: tuple[str, ...]) -> ExecResult:
-        """Run ``argv`` with the task's environment, working dir and cgroups.
+        """Run ``argv`` with the task's environment, working dir, cgroups and user.
 
         Returns:
             Exit code (128 + N if killed by signal N; 127 not found, 126 not executable) and
@@ -445,18 +451,37 @@ class ProcessRuntime(WorkloadRuntime):
         Raises:
             WorkloadError: empty argv, or the task is not running.
         """
+        cwd, shim_args = self._exec_args(handle, argv)
+        return await launch.run_exec(cwd, shim_args, EXEC_OUTPUT_LIMIT)
+
+    async def exec_interactive(self, handle: TaskHandle, argv: tuple[str, ...], io: ExecIO) -> int:
+        """Run ``argv`` as :meth:`exec` does, attached to ``io`` (pipes, or a pty with a tty).
+
+        Returns:
+            Exit code (128 + N if killed by signal N; 127 not found, 126 not executable).
+
+        Raises:
+            WorkloadError: empty argv, or the task is not running.
+        """
+        cwd, shim_args = self._exec_args(handle, argv)
+        return await launch.run_attached(cwd, shim_args, io)
+
+    def _exec_args(self, handle: TaskHandle, argv: tuple[str, ...]) -> tuple[str, list[str]]:
+        """The working dir and the shim's ``exec`` arguments for ``argv`` in the task."""
         if not argv:
             raise WorkloadError("exec needs a command (argv is empty)")
         st = self._state(handle)
         if not self._running(st):
             raise WorkloadError(f"task {handle.task_id} is not running")
         try:
-            cwd = json.loads((st.task_dir / TASK_FILE).read_bytes())["working_dir"]
-        except (OSError, ValueError, KeyError) as err:
+            record = json.loads((st.task_dir / TASK_FILE).read_bytes())
+            cwd = str(record["working_dir"])
+            user_args = [str(arg) for arg in record.get("user_args", ())]  # older agents: none
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise WorkloadError(f"task {handle.task_id}: cannot read its task file: {err}") from err
-        cgroup_args = (arg for d in st.cgroups for arg in ("--cgroup", str(d)))
-        shim_args = (*cgroup_args, "--env-file", str(st.task_dir / ENV_FILE), "--", *argv)
-        return await launch.run_exec(cwd, shim_args, EXEC_OUTPUT_LIMIT)
+        cgroup_args = [arg for d in st.cgroups for arg in ("--cgroup", str(d))]
+        env_args = ["--env-file", str(st.task_dir / ENV_FILE)]
+        return cwd, [*cgroup_args, *user_args, *env_args, "--", *argv]
 
     async def close(self) -> None:
         """Stop the shim fork server; every task and its shim keep running."""

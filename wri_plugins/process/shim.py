@@ -29,8 +29,11 @@ outlives the agent), then:
 
 4. removes the task's cgroups (their OOM counters are in the record now).
 
-``python -I -S run_shim.py exec [--cgroup DIR]... --env-file FILE -- ARGV...`` joins the cgroups and
-execs ``ARGV`` (PATH from the env file), for ``WorkloadRuntime.exec``.
+``python -I -S run_shim.py exec [--tty 1] [--cgroup DIR]... [--uid U] [--gid G] --env-file FILE --
+ARGV...`` joins the cgroups, switches to the workload's user as ``run`` does, and execs ``ARGV``
+(PATH from the env file), for ``WorkloadRuntime.exec`` and ``exec_interactive``; with ``--tty``
+it first makes its stdin (a pty slave) the controlling terminal of its session (it must lead
+one: the runtime starts it with ``setsid``).
 
 ``python -I -S run_shim.py serve`` is a fork server (as ``multiprocessing``'s forkserver): it reads
 requests from a ``SOCK_SEQPACKET`` socket on its stdin, one datagram each: the working dir and the
@@ -446,17 +449,57 @@ def run(opts: dict[str, list[str]], argv: list[str]) -> int:
 def exec_command(opts: dict[str, list[str]], argv: list[str]) -> int:
     """The ``exec`` command: join the cgroups and exec ``argv``; 127/126 when that fails."""
     env = _read_env(opts["--env-file"][0])
+    if "--tty" in opts:
+        import fcntl  # only here: C modules, but no shim but an interactive exec needs them
+        import termios
+
+        try:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        except OSError as err:
+            sys.stderr.write(f"{argv[0]}: cannot take the terminal: {err.strerror}\n")
+            return 126
     try:
         _join_cgroups(opts["--cgroup"])
     except OSError as err:
         sys.stderr.write(f"{argv[0]}: cannot join the task's cgroup: {err.strerror}\n")
         return 126
+    try:
+        _switch_user(int(opts.get("--uid", ["-1"])[0]), int(opts.get("--gid", ["-1"])[0]))
+    except OSError as err:
+        sys.stderr.write(f"{argv[0]}: cannot switch to the workload's user: {err.strerror}\n")
+        return 126
     _reset_signals()
     try:
-        os.execvpe(argv[0], argv, env)
+        _execvpe(argv, env)
     except OSError as err:
         sys.stderr.write(f"{argv[0]}: {err.strerror}\n")
         return 127 if err.errno == 2 else 126
+    return 126  # not reached: _execvpe execs or raises
+
+
+def _execvpe(argv: list[str], env: dict[bytes, bytes]) -> None:
+    """``execve`` of ``argv[0]`` searched in the task's ``PATH`` (default ``/usr/bin:/bin``) as
+    execvp(3) does: the first candidate that runs wins; when none does, the first error other
+    than "not found" is raised (else "not found").
+
+    Not ``os.execvpe``: it imports ``warnings``, which a command that switched to an
+    unprivileged user may not be allowed to read (an interpreter under ``/root``).
+
+    Raises:
+        OSError: nothing could be run (errno 2 when nothing was found).
+    """
+    name = os.fsencode(argv[0])
+    if b"/" in name:
+        os.execve(name, argv, env)
+    missing = (2, 20)  # ENOENT, ENOTDIR
+    failure: OSError | None = None
+    for directory in env.get(b"PATH", b"/usr/bin:/bin").split(b":"):
+        try:
+            os.execve(os.path.join(directory or b".", name), argv, env)
+        except OSError as err:
+            if failure is None or (failure.errno in missing and err.errno not in missing):
+                failure = err
+    raise failure or OSError(2, os.strerror(2))
 
 
 #: Largest request the fork server accepts, bytes (a request carries one task's arguments).

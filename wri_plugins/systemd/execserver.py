@@ -6,12 +6,17 @@ the task. The protocol, on an abstract ``SOCK_SEQPACKET`` socket named by the ru
 (``--exec-socket``; unix(7) abstract namespace, so no path length limit):
 
 1. the client connects; the pump accepts only its own uid or root (``SO_PEERCRED``);
-2. the client sends one packet: the argv, NUL-separated, with one descriptor attached
-   (``SCM_RIGHTS``): the write end of the pipe that gets the command's stdout and stderr;
-3. the pump forks the command (own process group, default signals, the workload's uid and gid,
-   ``execvpe`` with the task's ``PATH``: 127 when not found, 126 when not executable, with a
-   message on that pipe) and, when it ends, sends one packet: the exit code as ASCII digits
-   (128 + N when killed by signal N), then closes the connection;
+2. the client sends one packet: the argv, NUL-separated, with descriptors attached
+   (``SCM_RIGHTS``): either one, the write end of the pipe that gets the command's stdout and
+   stderr (``exec``), or three, the command's stdin, stdout and stderr (``exec_interactive``);
+   when these three are one terminal (a pty slave) the command gets it as its controlling
+   terminal;
+3. the pump forks the command (own process group, or with a terminal its own session; default
+   signals, the workload's uid and gid, ``execvpe`` with the task's ``PATH``: 127 when not
+   found, 126 when not executable, with a message on its stderr), answers a three-descriptor
+   request with the packet ``started`` (a pump older than these requests closes the connection
+   instead, having run nothing) and, when the command ends, sends one packet: the exit code as
+   ASCII digits (128 + N when killed by signal N), then closes the connection;
 4. a client that closes the connection first (cancelled, timed out) gets its command's process
    group killed with SIGKILL.
 
@@ -33,6 +38,8 @@ else:
     import _signal as sig
 
 REQUEST_MAX = 65536  # bytes of one request packet (the argv)
+#: The packet that acknowledges a three-descriptor request once its command is forked.
+STARTED = b"started"
 _UCRED = 12  # sizeof(struct ucred): pid, uid, gid
 
 
@@ -73,6 +80,16 @@ def _execvpe(argv: list[str], env: dict[bytes, bytes]) -> None:
             if failure is None or (failure.errno in missing and err.errno not in missing):
                 failure = err
     raise failure or OSError(errno_module.ENOENT, os.strerror(errno_module.ENOENT))
+
+
+def _take_terminal(fd: int) -> None:
+    """In a command's child: lead a new session with the terminal ``fd`` as its controlling
+    terminal (as login_tty(3))."""
+    import fcntl  # only in an interactive exec's child: C modules, as the rest
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
 
 
 class ExecServer:
@@ -149,7 +166,7 @@ class ExecServer:
     def _request(self, fd: int, conn: _socket.socket) -> None:
         try:
             data, ancillary, _flags, _addr = conn.recvmsg(
-                REQUEST_MAX, _socket.CMSG_SPACE(4), _socket.MSG_CMSG_CLOEXEC
+                REQUEST_MAX, _socket.CMSG_SPACE(3 * 4), _socket.MSG_CMSG_CLOEXEC
             )
         except BlockingIOError:
             return
@@ -162,24 +179,37 @@ class ExecServer:
             for i in range(0, len(cdata) - len(cdata) % 4, 4)
         ]
         argv = [os.fsdecode(arg) for arg in data.split(b"\0")] if data else []
-        if len(fds) != 1 or not argv or not argv[0]:
+        if len(fds) not in (1, 3) or not argv or not argv[0]:
             for extra in fds:
                 os.close(extra)
             self._drop(fd)
             return
-        pid = self._spawn(argv, fds[0])
-        os.close(fds[0])
+        pid = self._spawn(argv, fds)
+        for extra in fds:
+            os.close(extra)
         self.children[pid] = fd
         self._by_conn[fd] = pid
+        if len(fds) == 3:
+            try:
+                conn.send(STARTED)
+            except OSError:
+                pass  # the client left: the next poll finds the connection closed
 
-    def _spawn(self, argv: list[str], out: int) -> int:
+    def _spawn(self, argv: list[str], fds: list[int]) -> int:
+        """Fork the command on ``fds``: ``[output]`` or ``[stdin, stdout, stderr]``."""
+        stdio = fds if len(fds) == 3 else [-1, fds[0], fds[0]]
+        tty = stdio[0] >= 0 and os.isatty(stdio[0])
         pid = os.fork()
         if pid == 0:
             code = 126
             try:
-                os.setpgid(0, 0)
-                os.dup2(out, 1)
-                os.dup2(out, 2)
+                for target, source in enumerate(stdio):
+                    if source >= 0:
+                        os.dup2(source, target)
+                if tty:
+                    _take_terminal(0)
+                else:
+                    os.setpgid(0, 0)
                 self._setup()
                 _execvpe(argv, self.env)
             except OSError as err:
@@ -190,10 +220,11 @@ class ExecServer:
                     pass
             finally:
                 os._exit(code)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
+        if not tty:  # (a session leader's group is its own already)
+            try:
+                os.setpgid(pid, pid)
+            except OSError:
+                pass
         return pid
 
     def reaped(self, pid: int, status: int) -> bool:

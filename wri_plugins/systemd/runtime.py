@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 from agent.errors import ConfigError, RuntimeUnavailableError, WorkloadError
 from wri_plugins.api import (
     Capabilities,
+    ExecIO,
     ExecResult,
     ExitResult,
     Fingerprint,
@@ -64,7 +65,7 @@ from wri_plugins.systemd.bus import (
     booted,
     resolve_address,
 )
-from wri_plugins.systemd.execclient import run_exec
+from wri_plugins.systemd.execclient import NotStartedError, run_attached, run_exec
 from wri_plugins.systemd.logpump import FORWARDED
 from wri_plugins.systemd.units import (
     LOST_EXIT_CODE,
@@ -103,7 +104,11 @@ class SystemdRuntime(WorkloadRuntime):
 
     name: ClassVar[str] = "systemd"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        send_signals=True, exec=True, fs_isolation=False, resource_limits=True
+        send_signals=True,
+        exec=True,
+        exec_interactive=True,
+        fs_isolation=False,
+        resource_limits=True,
     )
     OPTIONS: ClassVar[dict[str, Any]] = {
         "bus": "auto",
@@ -479,6 +484,35 @@ class SystemdRuntime(WorkloadRuntime):
             raise WorkloadError(f"task {handle.task_id} is not running")
         name = exec_socket_name(str(self._task_dir(handle)))
         return await run_exec(name, argv, EXEC_OUTPUT_LIMIT)
+
+    async def exec_interactive(self, handle: TaskHandle, argv: tuple[str, ...], io: ExecIO) -> int:
+        """Run ``argv`` as :meth:`exec` does, attached to ``io``: the pump gets the command's
+        stdin, stdout and stderr (pipes, or a pty with ``io.tty``; see ``execserver``). A pump
+        started by an older agent runs only ``exec``: without stdin and terminal the command
+        then runs that way (output combined, cut at 10 KiB); with them it is refused.
+
+        Returns:
+            Exit code (128 + N if killed by signal N; 127 not found, 126 not executable).
+
+        Raises:
+            WorkloadError: empty argv, or the task is not running.
+        """
+        if not argv:
+            raise WorkloadError("exec needs a command (argv is empty)")
+        if not (await self._state(handle)).running:
+            raise WorkloadError(f"task {handle.task_id} is not running")
+        name = exec_socket_name(str(self._task_dir(handle)))
+        try:
+            return await run_attached(name, argv, io)
+        except NotStartedError:
+            if io.stdin or io.tty:
+                raise
+        # a pump older than attached exec (the agent was upgraded under the task): run to
+        # completion as exec does, output combined and cut
+        result = await run_exec(name, argv, EXEC_OUTPUT_LIMIT)
+        if result.output:
+            await io.write("stdout", result.output)
+        return result.exit_code
 
     async def recover(self, handle: TaskHandle) -> bool:
         """True while the unit exists with a running task or a recorded exit; False when gone.
