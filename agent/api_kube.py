@@ -49,7 +49,7 @@ from agent.kube_tables import TABLE_CONTENT_TYPE, negotiate, table
 from agent.podstatus import rfc3339
 from agent.reconciler import Reconciler
 from agent.runtimes import RuntimeRegistry
-from agent.watch import DEFAULT_TIMEOUT, WatchHub, WatchRequest, encode_event
+from agent.watch import DEFAULT_TIMEOUT, EventSource, WatchRequest, encode_event
 
 _FIELD_PREFIX = re.compile(r"^([A-Za-z0-9_$.\[\]-]+): ")
 _LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
@@ -100,7 +100,7 @@ def list_response(
 
 def watch_response(
     request: Request,
-    hub: WatchHub,
+    hub: EventSource,
     namespace: str | None,
     current: Callable[[], Sequence[dict[str, Any]]],
 ) -> StreamingResponse:
@@ -108,7 +108,8 @@ def watch_response(
 
     Args:
         request: the list request with ``watch=true``.
-        hub: the pod watch hub.
+        hub: where the events come from: the pod watch hub, or on a supernode member
+            :class:`agent.api_supernode_watch.PolledPods`.
         namespace: the path's namespace, or None for all.
         current: the current pods of that namespace (unfiltered).
 

@@ -16,8 +16,9 @@ the core pod and node routes through the supernode: ``POST pods`` applies to the
 this node's own pods, ``GET``/``PUT``/``DELETE pods/{name}`` act on supernode pods, and
 ``GET nodes`` shows the supernode as one Node. ``GET pods/{name}/log`` and ``pods/{name}/exec``
 of a pod placed on another member are carried to that member over the mesh
-(:mod:`supernode.proxy`; exec non-interactive, :mod:`agent.api_supernode_exec`). PATCH and
-watch of supernode pods are not served here. On a node that is not a member every route
+(:mod:`supernode.proxy`; exec non-interactive, :mod:`agent.api_supernode_exec`). ``GET pods``
+with ``watch=true`` polls that list (:mod:`agent.api_supernode_watch`). PATCH of supernode
+pods is not served here. On a node that is not a member every route
 behaves as before.
 """
 
@@ -26,8 +27,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from agent.api_kube import invalid_response, list_response, object_response
+from agent.api_kube import invalid_response, list_response, object_response, watch_response
 from agent.api_supernode_exec import exec_upgrade
+from agent.api_supernode_watch import PolledPods
 from agent.errors import BadRequestError, ManifestError, NotFoundError
 from agent.httproute import Handler, Query, Request, Response, StreamingResponse, Upgrade
 from supernode import Supernode
@@ -71,6 +73,7 @@ class SupernodeApi:
 
     def __init__(self, supernode: Supernode) -> None:
         self.supernode = supernode
+        self.watch = PolledPods(self._pods)
         self._core_log: Handler | None = None
         supernode.serve_logs(self._open_local_log)
 
@@ -137,17 +140,25 @@ class SupernodeApi:
             self.supernode.record(params["namespace"], params["name"]) is not None
         )
 
+    async def _pods(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every supernode pod with the member it runs on, and this node's other pods."""
+        objects = await self.supernode.list_pods(namespace)
+        reconciler = self.supernode.reconciler
+        for stored in reconciler.store.list_pods(namespace):
+            if not is_supernode_pod(stored):
+                objects.append(reconciler.pod_object(stored))
+        return objects
+
     def _list_pods(self, core: Handler) -> Handler:
         async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
-            if not self._member() or request.query.get_bool("watch"):
+            if not self._member():
                 return await core(request)
             namespace = request.params.get("namespace")
-            objects = await self.supernode.list_pods(namespace)
-            store = self.supernode.reconciler.store
-            for stored in store.list_pods(namespace):
-                if not is_supernode_pod(stored):
-                    objects.append(self.supernode.reconciler.pod_object(stored))
-            return list_response(request, "pods", "PodList", objects, store.resource_version())
+            if request.query.get_bool("watch"):
+                return watch_response(request, self.watch, namespace, list)
+            objects = await self._pods(namespace)
+            version = self.watch.remember(namespace, objects)
+            return list_response(request, "pods", "PodList", objects, version)
 
         return handle
 

@@ -27,7 +27,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agent.httproute import status_object
 from agent.kube_select import Selector
@@ -94,6 +94,16 @@ class WatchRequest:
         if self.namespace is not None and obj["metadata"].get("namespace") != self.namespace:
             return False
         return self.selector.matches(obj)
+
+
+class EventSource(Protocol):
+    """What a watch stream takes its events from (:class:`WatchHub`, or a poller)."""
+
+    def events(
+        self, request: WatchRequest, current: Callable[[], Sequence[dict[str, Any]]]
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(type, object)`` events for ``request`` until its timeout."""
+        ...
 
 
 class WatchHub:

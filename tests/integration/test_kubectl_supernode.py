@@ -12,6 +12,7 @@ import functools
 import json
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,24 +165,59 @@ def test_apply_get_wide_describe_delete(r: Rover) -> None:
         described = k.run("describe", "pod", name).stdout
         assert re.search(r"^Status: +Running$", described, re.MULTILINE), described
         assert re.search(rf"^Node: +{member}/10\.99\.0\.", described, re.MULTILINE), described
-    # --wait=false: kubectl's wait watches, and a member's watch sees only its own pods
-    deleted = k.run("delete", "pod", "here", "there", "--wait=false").stdout
+    # kubectl waits for both to go, the one on b too (a member's watch polls the supernode)
+    deleted = k.run("delete", "pod", "here", "there", "--timeout=60s").stdout
     assert deleted == 'pod "here" deleted\npod "there" deleted\n'
-    r.wait_gone()
     assert k.run("get", "pods").stderr == "No resources found in default namespace.\n"
     for agent in r.members.values():  # gone from both members
         assert not [p for p in _cli_pods(agent) if p["metadata"]["name"] in ("here", "there")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="watch of supernode pods is not served: kubectl delete waits for a DELETED event "
-    "that a member sends only for its own pods",
-)
-def test_delete_waits_until_a_pod_on_another_member_is_gone(r: Rover) -> None:
-    r.apply("far", "b")
-    r.kube.wait_running("far")
-    assert r.kube.run("delete", "pod", "far", "--timeout=10s").stdout == 'pod "far" deleted\n'
+def test_watch_sees_the_pods_of_every_member(r: Rover) -> None:
+    k = r.kube
+    r.apply("near", "a")
+    k.wait_running("near")
+    watcher = subprocess.Popen(
+        k.argv("get", "pods", "-w", "--output-watch-events", "--no-headers"),
+        env=k.env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    lines: list[str] = []
+    try:
+        assert watcher.stdout is not None
+        lines.append(watcher.stdout.readline())  # the list comes first, as ADDED
+        assert lines[0].split()[:2] == ["ADDED", "near"], lines
+        r.apply("far", "b")
+        while "far" not in lines[-1] or "Running" not in lines[-1]:
+            lines.append(watcher.stdout.readline())
+            assert lines[-1], f"the watch ended early: {lines}"
+        assert k.run("delete", "pod", "far", "--timeout=60s").stdout == 'pod "far" deleted\n'
+        while not lines[-1].startswith("DELETED"):
+            lines.append(watcher.stdout.readline())
+            assert lines[-1], f"the watch ended early: {lines}"
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=30)
+    events = [line.split()[:2] for line in lines]
+    assert events[1] == ["ADDED", "far"], lines  # a pod placed on b, seen through a
+    assert events[-1] == ["DELETED", "far"], lines
+    assert ["DELETED", "near"] not in events, lines
+    # a watch from a listed version starts from that list: a deletion between the list and
+    # the watch (kubectl's list-then-watch) still arrives
+    listed = json.loads(k.run("get", "--raw", "/api/v1/namespaces/default/pods").stdout)
+    assert [p["metadata"]["name"] for p in listed["items"]] == ["near"]
+    k.run("delete", "pod", "near", "--wait=false")
+    r.wait_gone()
+    version = listed["metadata"]["resourceVersion"]
+    raw = k.run(
+        "get",
+        "--raw",
+        f"/api/v1/namespaces/default/pods?watch=true&resourceVersion={version}&timeoutSeconds=2",
+    ).stdout
+    replayed = [json.loads(line) for line in raw.splitlines()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in replayed] == [("DELETED", "near")]
 
 
 def _cli_pods(agent: Agent) -> list[dict[str, Any]]:
