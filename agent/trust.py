@@ -6,6 +6,13 @@ when the certificate it proves in TLS has the pinned fingerprint. Revoking a pee
 (state ``revoked``) so that the operator sees it, refuses new sessions at once and closes live
 ones through the listeners (:meth:`TrustStore.add_listener`).
 
+Trust comes from a person (``manual``: ``peers add``; ``pairing``) or from a supernode this node
+is a member of (``supernode:NAME``, see :meth:`TrustStore.vouch`): the members of a supernode
+trust each other's certificates as its replicated state carries them. A person's word wins:
+trust a person gave is never replaced or withdrawn by a supernode, and a peer a person revoked
+is never trusted again by one (only ``peers add`` or pairing trust it again). Trust that came
+from a supernode is withdrawn (the row deleted) when the peer or this node leaves it.
+
 Peers live in the ``peers`` table of the :class:`~agent.store.Store`; every change is committed
 with ``synchronous=FULL``, so a peer the operator was told is revoked stays revoked after a power
 cut.
@@ -13,6 +20,7 @@ cut.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +39,15 @@ from agent.identity import (
 )
 from agent.store import Store, StoredPeer
 
-__all__ = ["SOURCES", "InvalidCertificateError", "Peer", "TrustListener", "TrustStore"]
+__all__ = [
+    "SOURCES",
+    "SUPERNODE_SOURCE",
+    "InvalidCertificateError",
+    "Peer",
+    "TrustListener",
+    "TrustStore",
+    "supernode_source",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -43,7 +59,23 @@ TrustListener = Callable[[Peer], None]
 """Called with a peer's new record after every change to it (added, re-trusted, revoked)."""
 
 SOURCES = ("manual", "pairing")
-"""How a peer may come to be trusted."""
+"""How a person makes a peer trusted (:meth:`TrustStore.add`)."""
+
+SUPERNODE_SOURCE = "supernode:"
+"""Prefix of the source of trust that a supernode gave (:meth:`TrustStore.vouch`)."""
+
+
+def supernode_source(name: str) -> str:
+    """The trust source of the supernode ``name``: ``"supernode:NAME"``."""
+    return f"{SUPERNODE_SOURCE}{name}"
+
+
+def _is_supernode_source(source: str) -> bool:
+    return source.startswith(SUPERNODE_SOURCE) and len(source) > len(SUPERNODE_SOURCE)
+
+
+_COLUMNS = "node_id, name, certificate, fingerprint, state, added_at, source"
+"""The ``peers`` table's columns, in :class:`~agent.store.StoredPeer`'s order."""
 
 MAX_CERTIFICATE = 16 * 1024
 """Largest certificate accepted, bytes (a node certificate is about 400 bytes of DER)."""
@@ -125,12 +157,13 @@ class TrustStore:
     def add(self, cert: bytes, *, source: str, name: str | None = None) -> Peer:
         """Trust the node that ``cert`` belongs to (re-trusting it if it was revoked).
 
-        Adding a peer that is already trusted with the same certificate changes nothing; a new
-        certificate for the same node ID replaces the pinned one.
+        Adding a peer that is already trusted with the same certificate changes nothing (unless
+        its trust came from a supernode: it becomes ``source``'s); a new certificate for the same
+        node ID replaces the pinned one.
 
         Args:
             cert: the peer's self-signed node certificate, PEM or DER.
-            source: ``"manual"`` or ``"pairing"``.
+            source: ``"manual"`` or ``"pairing"`` (a supernode's trust: :meth:`vouch`).
             name: the peer's human name; the certificate's CN (or the node ID) by default.
 
         Returns:
@@ -153,6 +186,7 @@ class TrustStore:
             and existing.state == "trusted"
             and existing.fingerprint == fingerprint
             and (name is None or existing.name == name)
+            and existing.source in SOURCES  # a person's trust replaces a supernode's
         ):
             return existing
         peer = Peer(
@@ -168,6 +202,115 @@ class TrustStore:
         _log.info("trusting node %s (%s), source %s", node_id, label, source)
         self._changed(peer)
         return peer
+
+    def vouch(
+        self, cert: bytes, *, node_id: str, source: str, name: str | None = None
+    ) -> Peer | None:
+        """Trust a node because a supernode this node is a member of vouches for it.
+
+        The rules (a person's word wins over a supernode's):
+
+        * an unknown node is trusted with ``source``;
+        * a node a person trusts (``manual``, ``pairing``) is left as it is, its pinned
+          certificate included: returned unchanged;
+        * a node trusted through a supernode gets this certificate, name and source;
+        * a **revoked** node is not trusted again: None is returned (the caller says so).
+
+        Args:
+            cert: the node's self-signed certificate, PEM or DER.
+            node_id: the node ID the supernode names it by; the certificate must prove it.
+            source: ``supernode_source(NAME)``.
+            name: the node's name (the certificate's CN by default).
+
+        Returns:
+            The stored peer (trusted), or None when it is revoked here.
+
+        Raises:
+            InvalidCertificateError: ``cert`` is not a node certificate, or not ``node_id``'s.
+            LocalError: ``source`` is not a supernode's.
+        """
+        if not _is_supernode_source(source):
+            raise LocalError(
+                f"a supernode's trust source is {SUPERNODE_SOURCE}NAME, got {source!r}"
+            )
+        parsed = _load(cert)
+        proved = _validate(parsed)
+        if proved != node_id:
+            raise InvalidCertificateError(
+                f"the certificate given for node {node_id} is node {proved}'s"
+            )
+        existing = self._store.get_peer(node_id)
+        if existing is not None and existing.state != "trusted":
+            return None
+        if existing is not None and existing.source in SOURCES:
+            if existing.fingerprint != certificate_fingerprint(parsed):
+                _log.warning(
+                    "%s vouches for node %s (%s) with another certificate than the one pinned "
+                    "here (source %s): keeping the pinned one",
+                    source,
+                    node_id,
+                    existing.name,
+                    existing.source,
+                )
+            return existing
+        fingerprint = certificate_fingerprint(parsed)
+        label = name or _common_name(parsed) or node_id
+        if (
+            existing is not None
+            and existing.fingerprint == fingerprint
+            and existing.name == label
+            and existing.source == source
+        ):
+            return existing
+        peer = Peer(
+            node_id=node_id,
+            name=label,
+            certificate=parsed.public_bytes(serialization.Encoding.DER),
+            fingerprint=fingerprint,
+            state="trusted",
+            added_at=time.time(),
+            source=source,
+        )
+        self._store.put_peer(peer)
+        _log.info("trusting node %s (%s), source %s", node_id, label, source)
+        self._changed(peer)
+        return peer
+
+    def withdraw(self, node_id: str, source: str) -> Peer | None:
+        """Withdraw the trust ``source`` gave: the peer's row is deleted if (and only if) it is
+        trusted with that source; live sessions with it close (by listeners).
+
+        Args:
+            node_id: the peer's node ID.
+            source: the source whose trust ends, e.g. ``supernode_source(NAME)``.
+
+        Returns:
+            The peer as it was, with state ``"revoked"`` (what listeners got), or None when its
+            trust did not come from ``source`` (nothing changed).
+        """
+        with self._store.transaction() as db:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM peers WHERE node_id = ? AND source = ? "
+                "AND state = 'trusted'",
+                (node_id, source),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM peers WHERE node_id = ?", (node_id,))
+        gone = dataclasses.replace(Peer(*row), state="revoked")
+        _log.info("no longer trusting node %s (%s): %s withdrew it", node_id, gone.name, source)
+        self._changed(gone)
+        return gone
+
+    def withdraw_all(self, source: str) -> list[Peer]:
+        """:meth:`withdraw` every peer whose trust came from ``source``; returns them."""
+        gone = []
+        for peer in self._store.list_peers("trusted"):
+            if peer.source == source:
+                withdrawn = self.withdraw(peer.node_id, source)
+                if withdrawn is not None:
+                    gone.append(withdrawn)
+        return gone
 
     def revoke(self, node_id: str) -> Peer:
         """Stop trusting a peer: new sessions are refused and live ones closed (by listeners).

@@ -46,6 +46,7 @@ from supernode.raft import RaftNode, decode_message
 from supernode.report import build_report
 from supernode.state import SupernodeState
 from supernode.timing import LossWindow, Timing, TimingTracker, derive, worst
+from supernode.vouching import Vouching
 
 __all__ = ["AUTONOMY_AFTER", "RAFT_METHOD", "REPORT_METHOD", "Membership"]
 
@@ -120,6 +121,9 @@ class Membership:
         name: the supernode's name (for logs until the state has it).
         quiet: joining: no elections until a leader was heard (see :class:`RaftNode`).
         on_nodes: called with every member's node ID when the Raft configuration changed.
+        vouching: keeps the trust store in step with the committed members (None: not done).
+        certificate: this node's certificate (PEM), proposed for its own member record when
+            that has none (a member from before members carried one).
     """
 
     def __init__(
@@ -136,6 +140,8 @@ class Membership:
         name: str = "",
         quiet: bool = False,
         on_nodes: Callable[[set[str]], None] = lambda nodes: None,
+        vouching: Vouching | None = None,
+        certificate: str = "",
     ) -> None:
         loop = asyncio.get_running_loop()
         self.me = me
@@ -152,6 +158,9 @@ class Membership:
         self.started = loop.time()
         self.gate_open = False
         self._on_nodes = on_nodes
+        self.vouching = vouching
+        self.certificate = certificate
+        self._cert_term = -1
         self._wake = asyncio.Event()
         self._ticked = asyncio.Event()
         self._leader_wake = asyncio.Event()
@@ -274,6 +283,8 @@ class Membership:
     async def _tick_loop(self) -> None:
         while True:
             self.raft.tick(self._connected())
+            if self.vouching is not None and self.state.name:
+                self.vouching.sync(self.state.members, self.raft.nodes)
             leader = self.raft.leader
             if leader != self._leader:
                 self._leader = leader
@@ -491,8 +502,20 @@ class Membership:
                 )
             try:
                 await self.apply_local()
+                await self._own_certificate()
             except FloreteError as err:
                 self._log_once("local", "supernode: local pods: %s", err)
+
+    async def _own_certificate(self) -> None:
+        """Put this member's certificate into its record when it has none (it joined before
+        members carried one), so that the other members can vouch for it."""
+        mine = self.state.members.get(self.me)
+        if mine is None or mine.certificate or not self.certificate or not self.raft.ready:
+            return
+        if self.leader_contact() and self._cert_term != self.raft.term:
+            self._cert_term = self.raft.term  # once a term: members of an older version refuse
+            cmd = {"op": "member_cert", "node_id": self.me, "certificate": self.certificate}
+            await self.propose(cmd)
 
     async def apply_local(self) -> None:
         """One pass of :func:`local_plan` over this member's reconciler."""

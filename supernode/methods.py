@@ -33,6 +33,7 @@ from supernode.placement import MemberReport
 from supernode.pods import is_supernode_pod
 from supernode.proxy import LogOpener, LogStreams, run_exec
 from supernode.state import pod_key
+from supernode.vouching import certificates_of, pem
 
 if TYPE_CHECKING:
     from supernode.member import Membership
@@ -147,9 +148,22 @@ class MeshMethods:
             except TimeoutError:
                 raise NoQuorumError("the Raft configuration change did not commit") from None
         name = next((k["peerName"] for k in self.node.mesh.links() if k["nodeID"] == peer), "")
-        await m.propose({"op": "member_add", "node_id": peer, "name": name, "at": time.time()})
+        command = {"op": "member_add", "node_id": peer, "name": name, "at": time.time()}
+        trusted = self.node.mesh.trust.get(peer)  # what its session is pinned to: vouched for
+        if trusted is not None and trusted.state == "trusted":
+            command["certificate"] = pem(trusted.certificate)
+        await m.propose(command)
         log.info("supernode %s: %s joined", self.node.name, name or short_id(peer))
-        return {"name": self.node.name, "members": sorted(m.raft.nodes)}
+        members = [x for x in m.state.members.values() if x.node_id != peer]
+        certificates = certificates_of(members)
+        if not any(c["nodeID"] == self.node.me for c in certificates):
+            mine = {"nodeID": self.node.me, "name": self.node.identity.name}
+            certificates.append({**mine, "certificate": self.node.identity_pem()})
+        return {
+            "name": self.node.name,
+            "members": sorted(m.raft.nodes),
+            "certificates": certificates,
+        }
 
     async def _on_leave(self, peer: str, body: Any) -> None:
         m = self.node.member()

@@ -47,6 +47,7 @@ from supernode.pods import (
 )
 from supernode.proxy import LogOpener
 from supernode.state import PodRecord, pod_key
+from supernode.vouching import Vouching
 
 if TYPE_CHECKING:
     from supernode.member import Membership
@@ -179,6 +180,8 @@ class Supernode:
 
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         membership = Membership(
+            vouching=Vouching(self.mesh.trust, self.me, name),
+            certificate=self.identity_pem(),
             me=self.me,
             my_name=self.identity.name,
             mesh=self.mesh,
@@ -193,6 +196,10 @@ class Supernode:
         )
         await membership.start()
         return membership
+
+    def identity_pem(self) -> str:
+        """This node's certificate, PEM text."""
+        return self.identity.cert_path.read_text()
 
     # ----------------------------------------------------------------- create, join, leave
 
@@ -224,6 +231,7 @@ class Supernode:
                         "name": name,
                         "node_id": self.me,
                         "member_name": self.identity.name,
+                        "certificate": self.identity_pem(),
                         "at": time.time(),
                     }
                 )
@@ -254,7 +262,9 @@ class Supernode:
             membership = self.membership = await self._run(others, name, quiet=True)
             try:
                 async with asyncio.timeout(timeout):
-                    await self.mesh.request(via, "supernode.join", {"name": name}, timeout)
+                    answer = await self.mesh.request(via, "supernode.join", {"name": name}, timeout)
+                    if membership.vouching is not None:  # the members this node never met
+                        membership.vouching.take_answer(answer)
                     await membership.until(
                         lambda: (
                             membership.raft.ready
@@ -278,6 +288,8 @@ class Supernode:
     async def _abandon(self, membership: Membership) -> None:
         self.membership = None
         await membership.stop()
+        if membership.vouching is not None:
+            membership.vouching.withdraw_all()
         self._clear_files()
 
     async def _find_member(self, name: str) -> tuple[str, dict[str, Any]]:
@@ -322,6 +334,8 @@ class Supernode:
             except TimeoutError:
                 raise NoQuorumError(f"could not leave within {timeout:g} s; try again") from None
             await membership.stop()
+            if membership.vouching is not None:  # trust from pairing or by hand stays
+                membership.vouching.withdraw_all()
             self.membership = None
             self._clear_files()
         log.info("left the supernode")

@@ -8,8 +8,12 @@ one table, :data:`_OPS`, lists every command and the transition it makes.
 Commands are JSON objects ``{"op": NAME, ...}``:
 
 =================  ===========================================================================
-``create``         ``name, node_id, member_name, at``: the first command of a new supernode.
-``member_add``     ``node_id, name, at``: a node joined (idempotent: a known member is renamed).
+``create``         ``name, node_id, member_name, at`` (``certificate``): the first command of a
+                   new supernode.
+``member_add``     ``node_id, name, at`` (``certificate``): a node joined (idempotent: a known
+                   member is renamed, and gets the certificate if one is given).
+``member_cert``    ``node_id, certificate``: a member's certificate, for a member that joined
+                   before members carried one (it proposes its own).
 ``member_remove``  ``node_id``: a member left; its pods lose their placement (to be placed again).
 ``pod_create``     ``pod``: a :class:`PodRecord` as a dict; refused if the name is taken.
 ``pod_meta``       ``namespace, name, labels, annotations``: the only mutable part of a pod.
@@ -28,6 +32,11 @@ A command never raises: malformed or refused commands return ``{"error": CODE, "
 (codes ``invalid``, ``already_exists``, ``not_found``, ``conflict``) and change nothing, since a
 command that raised inside Raft's apply would stop the member's log. Success is ``{"ok": True}``
 plus command-specific fields.
+
+A member's ``certificate`` (PEM text, "" when unknown) is what the other members trust it by
+(:mod:`supernode.vouching`): the member that admitted it put there the certificate its
+authenticated session with it is pinned to. The state machine does not read certificates; the
+members check each one against the member's node ID before trusting it.
 
 The placement ``generation`` of a pod is its fencing token: it grows by one each time the pod is
 placed, so a member can tell an old placement from the current one after a partition.
@@ -78,6 +87,16 @@ def _int(obj: Mapping[str, Any], key: str) -> int:
     return value
 
 
+def _certificate(obj: Mapping[str, Any]) -> str:
+    """The optional ``certificate`` field: PEM text or ""."""
+    value = obj.get("certificate", "")
+    if not isinstance(value, str):
+        raise _Invalid("certificate: wrong type")
+    if value and not value.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
+        raise _Invalid("certificate: expected PEM text")
+    return value
+
+
 def _str_map(obj: Mapping[str, Any], key: str) -> dict[str, str]:
     value = _get(obj, key, dict)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
@@ -101,12 +120,15 @@ class Member:
         name: its node name.
         joined_at: when it joined, seconds since the epoch (the proposer's clock).
         down_since: when the leader declared it lost (its pods were moved), or None while up.
+        certificate: its node certificate, PEM text ("" when not known: a member from before
+            members carried one).
     """
 
     node_id: str
     name: str
     joined_at: float
     down_since: float | None = None
+    certificate: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The member as a JSON object."""
@@ -118,7 +140,8 @@ class Member:
         down = obj.get("down_since")
         if down is not None and not isinstance(down, int | float):
             raise _Invalid("down_since: wrong type")
-        return cls(_str(obj, "node_id"), _str(obj, "name"), _num(obj, "joined_at"), down)
+        cert = _certificate(obj)
+        return cls(_str(obj, "node_id"), _str(obj, "name"), _num(obj, "joined_at"), down, cert)
 
 
 @dataclasses.dataclass
@@ -323,19 +346,31 @@ class SupernodeState:
         if not name or not node_id:
             raise _Invalid("name and node_id must not be empty")
         self.name, self.created_at = name, at
-        self.members[node_id] = Member(node_id, member_name, at)
+        self.members[node_id] = Member(node_id, member_name, at, certificate=_certificate(cmd))
         return dict(_OK)
 
     def _member_add(self, cmd: Mapping[str, Any]) -> Result:
         node_id, name, at = _str(cmd, "node_id"), _str(cmd, "name"), _num(cmd, "at")
+        certificate = _certificate(cmd)
         if not node_id:
             raise _Invalid("node_id must not be empty")
         known = self.members.get(node_id)
         if known is not None:
             known.name, known.down_since = name, None
+            known.certificate = certificate or known.certificate
             return {"ok": True, "added": False}
-        self.members[node_id] = Member(node_id, name, at)
+        self.members[node_id] = Member(node_id, name, at, certificate=certificate)
         return {"ok": True, "added": True}
+
+    def _member_cert(self, cmd: Mapping[str, Any]) -> Result:
+        node_id, certificate = _str(cmd, "node_id"), _certificate(cmd)
+        member = self.members.get(node_id)
+        if member is None:
+            return _error("not_found", f"no member {node_id}")
+        if not certificate:
+            raise _Invalid("certificate must not be empty")
+        member.certificate = certificate
+        return dict(_OK)
 
     def _member_remove(self, cmd: Mapping[str, Any]) -> Result:
         node_id = _str(cmd, "node_id")
@@ -460,6 +495,7 @@ def _not_found(cmd: Mapping[str, Any]) -> Result:
 _OPS: dict[str, Callable[[SupernodeState, Mapping[str, Any]], Result]] = {
     "create": SupernodeState._create,
     "member_add": SupernodeState._member_add,
+    "member_cert": SupernodeState._member_cert,
     "member_remove": SupernodeState._member_remove,
     "pod_create": SupernodeState._pod_create,
     "pod_meta": SupernodeState._pod_meta,

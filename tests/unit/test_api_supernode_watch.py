@@ -27,9 +27,11 @@ class Pods:
     def __init__(self, *objects: dict[str, Any]) -> None:
         self.objects = list(objects)
         self.lists = 0
+        self.listed = asyncio.Event()
 
     async def __call__(self, namespace: str | None) -> list[dict[str, Any]]:
         self.lists += 1
+        self.listed.set()
         return [o for o in self.objects if namespace in (None, o["metadata"]["namespace"])]
 
 
@@ -78,7 +80,7 @@ async def test_an_unknown_version_starts_from_the_current_pods_without_replaying
         watch.remember("default", [])
     events = watch.events(request(since=first), list)  # forgotten: not a replay of "a"
     taken = asyncio.ensure_future(take(events, 1))
-    await asyncio.sleep(0.05)  # the watch has listed "a"
+    await pods.listed.wait()  # the watch has listed "a"
     pods.objects = [pod("a"), pod("e")]
     assert await taken == [("ADDED", "e")]
     await events.aclose()
@@ -98,6 +100,6 @@ async def test_a_pod_without_a_version_gets_the_watch_s_and_the_stream_ends_on_t
     pods = Pods(pod("pending", version=None, phase="Pending"))
     watch = PolledPods(pods, interval=0.01)
     version = watch.remember(None, [])
-    events = [e async for e in watch.events(request(since=version, timeout=0.2), list)]
+    events = [e async for e in watch.events(request(since=version, timeout=0.5), list)]
     assert [(k, o["metadata"]["resourceVersion"]) for k, o in events] == [("ADDED", str(version))]
     assert pods.lists >= 2  # it kept polling until the timeout ended the stream

@@ -192,6 +192,7 @@ plain = st.recursive(
         [
             "create",
             "member_add",
+            "member_cert",
             "member_remove",
             "pod_create",
             "pod_meta",
@@ -219,6 +220,7 @@ plain = st.recursive(
                 "labels",
                 "annotations",
                 "member_name",
+                "certificate",
             ]
         ),
         plain,
