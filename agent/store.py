@@ -184,7 +184,8 @@ class StoredPeer:
             formats it.
         state: ``"trusted"`` or ``"revoked"``.
         added_at: when it was added or last re-trusted, seconds since the epoch.
-        source: how it came to be trusted: ``"manual"`` or ``"pairing"``.
+        source: how it came to be trusted: ``"manual"``, ``"pairing"`` or ``"supernode:NAME"``
+            (vouched for by a member of supernode NAME; see :mod:`supernode.vouching`).
     """
 
     node_id: str
