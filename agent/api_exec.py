@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import BadRequestError, FloreteError
@@ -45,7 +45,9 @@ _CLOSE_WAIT = 5.0  # seconds to wait for the client's close frame
 _MESSAGE_BYTES = 32 * 1024
 
 #: Runs the command with the session's output function; returns its exit code.
-_Work = Callable[["_Session"], Coroutine[Any, Any, int]]
+Work = Callable[["_Session"], Coroutine[Any, Any, int]]
+#: Runs a command to completion: ``() -> (exit code, combined output)``.
+Command = Callable[[], Awaitable[tuple[int, bytes]]]
 
 
 def _status(exit_code: int | None, message: str = "") -> dict[str, Any]:
@@ -116,56 +118,110 @@ class ExecApi:
                 "and -t"
             )
         handle = TaskHandle.from_json(records[-1].handle)
-        protocol = self._protocol(request)
-        from wsproto.utilities import generate_accept_token
-
-        key = request.header("sec-websocket-key") or ""
-        headers = (
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", generate_accept_token(key.encode("ascii")).decode("ascii")),
-            ("Sec-WebSocket-Protocol", protocol),
-        )
-        where = f"{stored.namespace}/{stored.name}/{container}"
         if runtime.capabilities.exec_interactive:
             work = _attached(runtime, handle, argv, stdin=stdin, tty=tty)
         else:
-            work = _to_completion(runtime, handle, argv)
 
-        async def run(buffered: bytes, stream: UpgradedStream) -> None:
-            session = _Session(stream, buffered, where, stdout=stdout, stderr=stderr)
-            await session.run(argv[0], work)
+            async def command() -> tuple[int, bytes]:
+                result = await runtime.exec(handle, argv)
+                return result.exit_code, result.output
 
-        return Upgrade(headers, run)
-
-    @staticmethod
-    def _protocol(request: Request) -> str:
-        upgrade = (request.header("upgrade") or "").lower()
-        if upgrade != "websocket":
-            raise BadRequestError(
-                f"exec needs a WebSocket upgrade with subprotocol {PROTOCOLS[0]} (kubectl 1.30 "
-                f"or newer); got Upgrade: {upgrade or 'none'} (SPDY is not supported)"
-            )
-        if not request.header("sec-websocket-key"):
-            raise BadRequestError("WebSocket upgrade without Sec-WebSocket-Key")
-        offered = [
-            p.strip()
-            for name, value in request.headers
-            if name == "sec-websocket-protocol"
-            for p in value.split(",")
-        ]
-        for protocol in PROTOCOLS:
-            if protocol in offered:
-                return protocol
-        raise BadRequestError(
-            f"exec needs WebSocket subprotocol {' or '.join(PROTOCOLS)}; offered: "
-            f"{', '.join(offered) or 'none'}"
+            work = to_completion(command)
+        where = f"{stored.namespace}/{stored.name}/{container}"
+        return channel_upgrade(
+            request, work, where=where, what=argv[0], stdout=stdout, stderr=stderr
         )
+
+
+def channel_upgrade(
+    request: Request, work: Work, *, where: str, what: str, stdout: bool, stderr: bool
+) -> Upgrade:
+    """Answer an exec request with a WebSocket upgrade whose session runs ``work``.
+
+    The session copies the channels (module docstring), sends the ``Status`` on the error
+    channel when ``work`` returns or raises :class:`FloreteError`, then closes; the client
+    closing first cancels ``work``. Also serves :mod:`agent.api_supernode_exec`.
+
+    Args:
+        request: the exec request, already checked but for its upgrade headers.
+        work: runs the command (:func:`to_completion`, or attached to the session's streams).
+        where: ``namespace/pod/container`` for the log.
+        what: the command's name for the log.
+        stdout: send the command's stdout on channel 1 (else dropped).
+        stderr: send the command's stderr on channel 2 (else dropped).
+
+    Returns:
+        The upgrade answering ``101 Switching Protocols`` with the chosen subprotocol.
+
+    Raises:
+        BadRequestError: not a WebSocket upgrade (with ``Sec-WebSocket-Key``) offering a
+            ``channel.k8s.io`` protocol.
+    """
+    protocol = _protocol(request)
+    from wsproto.utilities import generate_accept_token
+
+    key = request.header("sec-websocket-key") or ""
+    headers = (
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", generate_accept_token(key.encode("ascii")).decode("ascii")),
+        ("Sec-WebSocket-Protocol", protocol),
+    )
+
+    async def run(buffered: bytes, stream: UpgradedStream) -> None:
+        session = _Session(stream, buffered, where, stdout=stdout, stderr=stderr)
+        await session.run(what, work)
+
+    return Upgrade(headers, run)
+
+
+def _protocol(request: Request) -> str:
+    """The ``channel.k8s.io`` subprotocol to answer with, the newest the client offers."""
+    upgrade = (request.header("upgrade") or "").lower()
+    if upgrade != "websocket":
+        raise BadRequestError(
+            f"exec needs a WebSocket upgrade with subprotocol {PROTOCOLS[0]} (kubectl 1.30 "
+            f"or newer); got Upgrade: {upgrade or 'none'} (SPDY is not supported)"
+        )
+    if not request.header("sec-websocket-key"):
+        raise BadRequestError("WebSocket upgrade without Sec-WebSocket-Key")
+    offered = [
+        p.strip()
+        for name, value in request.headers
+        if name == "sec-websocket-protocol"
+        for p in value.split(",")
+    ]
+    for protocol in PROTOCOLS:
+        if protocol in offered:
+            return protocol
+    raise BadRequestError(
+        f"exec needs WebSocket subprotocol {' or '.join(PROTOCOLS)}; offered: "
+        f"{', '.join(offered) or 'none'}"
+    )
+
+
+def to_completion(command: Command) -> Work:
+    """The command run to completion, then its combined output sent on stdout (``exec``).
+
+    Input the client sends meanwhile is dropped.
+
+    Args:
+        command: runs the command: ``() -> (exit code, combined output)``; raises
+            :class:`FloreteError` when it cannot.
+    """
+
+    async def work(session: _Session) -> int:
+        session.input_ready.set()  # without streams: input is dropped
+        exit_code, output = await command()
+        await session.output("stdout", output)
+        return exit_code
+
+    return work
 
 
 def _attached(
     runtime: WorkloadRuntime, handle: TaskHandle, argv: tuple[str, ...], *, stdin: bool, tty: bool
-) -> _Work:
+) -> Work:
     """The command attached to the session's streams (``exec_interactive``)."""
 
     async def work(session: _Session) -> int:
@@ -176,18 +232,6 @@ def _attached(
             return await runtime.exec_interactive(handle, argv, streams)
         finally:
             streams.close()  # input that still comes is dropped
-
-    return work
-
-
-def _to_completion(runtime: WorkloadRuntime, handle: TaskHandle, argv: tuple[str, ...]) -> _Work:
-    """The command run to completion, then its combined output sent (``exec``)."""
-
-    async def work(session: _Session) -> int:
-        session.input_ready.set()  # without streams: input is dropped
-        result = await runtime.exec(handle, argv)
-        await session.output("stdout", result.output)
-        return result.exit_code
 
     return work
 
@@ -216,7 +260,7 @@ class _Session:
         self.streams: ExecStreams | None = None
         self.input_ready = asyncio.Event()
 
-    async def run(self, what: str, work: _Work) -> None:
+    async def run(self, what: str, work: Work) -> None:
         code: int | None = None
         message = ""
         reader = asyncio.create_task(self._read_frames())

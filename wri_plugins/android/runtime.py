@@ -508,12 +508,7 @@ class AndroidRuntime(WorkloadRuntime):
             WorkloadError: empty argv, a NUL byte in it, or the task is not running.
             RuntimeUnavailableError: the phone cannot be reached.
         """
-        task_id = self._task_id(handle)
-        if not argv:
-            raise WorkloadError("exec needs a command (argv is empty)")
-        if any("\0" in a for a in argv):
-            raise WorkloadError("an exec argument holds a NUL byte")
-        link = self._require()
+        task_id, link = self._exec_target(handle, argv)
         pid = ""
         try:
             async with link.process(
@@ -542,15 +537,25 @@ class AndroidRuntime(WorkloadRuntime):
             WorkloadError: empty argv, a NUL byte in it, or the task is not running.
             RuntimeUnavailableError: the phone cannot be reached.
         """
+        task_id, link = self._exec_target(handle, argv)
+        return await run_attached(
+            link, self._base, task_id, argv, io, lambda pid: self._helper("kill", pid)
+        )
+
+    def _exec_target(self, handle: TaskHandle, argv: tuple[str, ...]) -> tuple[str, PhoneLink]:
+        """The task id and the phone's link, to run ``argv`` in the task.
+
+        Raises:
+            WorkloadError: a handle of another runtime or with a bad task id, empty argv, or a
+                NUL byte in it.
+            RuntimeUnavailableError: no phone is configured.
+        """
         task_id = self._task_id(handle)
         if not argv:
             raise WorkloadError("exec needs a command (argv is empty)")
         if any("\0" in a for a in argv):
             raise WorkloadError("an exec argument holds a NUL byte")
-        link = self._require()
-        return await run_attached(
-            link, self._base, task_id, argv, io, lambda pid: self._helper("kill", pid)
-        )
+        return task_id, self._require()
 
     async def recover(self, handle: TaskHandle) -> bool:
         """True when the task runs on the phone or its end is recorded; False when it is gone

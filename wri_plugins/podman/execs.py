@@ -14,9 +14,9 @@ terminal, raw. Terminal sizes go to ``POST /libpod/exec/{id}/resize?h=ROWS&w=COL
 Podman keeps the conmon of an API exec session alive for ``exit_command_delay`` (containers.conf,
 default 300 s) after the command ended, so that clients can still read the exit code. That conmon
 sits in the pod's cgroup: removing the pod in those 5 minutes makes podman retry the cgroup's
-removal for 3 s and then leave it behind. Once the exit code is read, :func:`run_exec` therefore
-sends that conmon SIGTERM, which makes it run its exit command at once (``podman container
-cleanup --rm --exec``, removing the session) and exit.
+removal for 3 s and then leave it behind. Once the exit code is read, :func:`run_exec` and
+:func:`run_attached` therefore send that conmon SIGTERM, which makes it run its exit command at
+once (``podman container cleanup --rm --exec``, removing the session) and exit.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psutil
 
@@ -59,21 +61,10 @@ async def run_exec(
         WorkloadError: the container is not running or podman refused.
     """
     body = {"AttachStdout": True, "AttachStderr": True, "Tty": False, "Cmd": list(argv)}
-    try:
-        created = await service.call("POST", f"/containers/{container}/exec", body=body)
-        exec_id = str(created["Id"])
-    except LibpodError as err:
-        raise WorkloadError(f"cannot exec in container {container}: {err}") from err
-    except (KeyError, TypeError) as err:
-        raise WorkloadError(f"podman answered exec create without an Id: {err}") from err
     output = bytearray()
-    try:
-        await _attach(service, exec_id, output, limit)
-        code = await _exit_code(service, exec_id)
-    except BaseException:
-        await _kill(service, exec_id)
-        raise
-    await asyncio.to_thread(end_lingering_conmon, exec_id)
+    code = await _run_session(
+        service, container, body, lambda exec_id: _attach(service, exec_id, output, limit)
+    )
     return ExecResult(code, bytes(output))
 
 
@@ -96,6 +87,25 @@ async def run_attached(
         "Tty": io.tty,
         "Cmd": list(argv),
     }
+    return await _run_session(
+        service, container, body, lambda exec_id: _stream(service, exec_id, io)
+    )
+
+
+async def _run_session(
+    service: PodmanService,
+    container: str,
+    body: dict[str, Any],
+    attach: Callable[[str], Awaitable[None]],
+) -> int:
+    """Create an exec session with ``body``, run ``attach(exec_id)`` until its output ends and
+    return its exit code; a session abandoned on the way (an error, a cancellation) is killed,
+    and an ended one's conmon is ended (see the module docstring).
+
+    Raises:
+        WorkloadError: the container is not running, podman refused, or the exit code did not
+            come.
+    """
     try:
         created = await service.call("POST", f"/containers/{container}/exec", body=body)
         exec_id = str(created["Id"])
@@ -104,7 +114,7 @@ async def run_attached(
     except (KeyError, TypeError) as err:
         raise WorkloadError(f"podman answered exec create without an Id: {err}") from err
     try:
-        await _stream(service, exec_id, io)
+        await attach(exec_id)
         code = await _exit_code(service, exec_id)
     except BaseException:
         await _kill(service, exec_id)

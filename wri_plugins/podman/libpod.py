@@ -216,22 +216,8 @@ class LibpodClient:
             RemoteProtocolError: the answer is not HTTP/1.1.
         """
         target = build_target(path, query)
-        payload = b"" if body is None else json.dumps(body).encode()
-        headers = [("Host", "podman"), ("Content-Length", str(len(payload)))]
-        if body is not None:
-            headers.append(("Content-Type", "application/json"))
-        conn = await self._open()
-        try:
-            try:
-                await conn.send(h11.Request(method=method, target=target, headers=headers))
-                await conn.send(h11.Data(data=payload))
-                await conn.send(h11.EndOfMessage())
-                event = await conn.next_event()
-            except (OSError, EOFError) as err:
-                raise RuntimeUnavailableError(
-                    f"podman API at {self.socket_path} closed the connection on {method} {path}: "
-                    f"{err}"
-                ) from err
+        headers = [] if body is None else [("Content-Type", "application/json")]
+        async with self._exchange(method, path, target, headers, body) as (conn, event):
             if not isinstance(event, h11.Response):
                 raise RemoteProtocolError(f"podman API answered {type(event).__name__}")
             response = Response(
@@ -243,8 +229,6 @@ class LibpodClient:
                 raise LibpodError.from_body(response.status, await response.read())
             _log.debug("%s %s -> %d", method, target, response.status)
             yield response
-        finally:
-            conn.close()
 
     @contextlib.asynccontextmanager
     async def hijack(
@@ -269,18 +253,40 @@ class LibpodClient:
             RemoteProtocolError: the answer is neither an error nor ``101``.
         """
         target = build_target(path)
-        payload = b"" if body is None else json.dumps(body).encode()
         headers = [
-            ("Host", "podman"),
-            ("Content-Length", str(len(payload))),
             ("Content-Type", "application/json"),
             ("Connection", "Upgrade"),
             ("Upgrade", "tcp"),
         ]
+        async with self._exchange(method, path, target, headers, body) as (conn, event):
+            if isinstance(event, h11.Response) and event.status_code >= 400:
+                answer = Response(event.status_code, {}, conn)
+                raise LibpodError.from_body(answer.status, await answer.read())
+            if not (isinstance(event, h11.InformationalResponse) and event.status_code == 101):
+                raise RemoteProtocolError(f"podman API did not take over the connection: {event}")
+            _log.debug("%s %s -> 101", method, target)
+            buffered, _closed = conn.h11.trailing_data
+            yield conn.reader, conn.writer, bytes(buffered)
+
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self, method: str, path: str, target: str, headers: list[tuple[str, str]], body: Any
+    ) -> AsyncIterator[tuple[_Connection, h11.Event]]:
+        """Open a connection, send one request on it and yield it with the answer's first event.
+
+        ``Host`` and ``Content-Length`` come before ``headers``; ``body`` goes as JSON (no
+        bytes when None). Closing the context closes the connection.
+
+        Raises:
+            ApiUnreachableError: the socket does not accept a connection.
+            RuntimeUnavailableError: the API closed the connection before answering.
+        """
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = [("Host", "podman"), ("Content-Length", str(len(payload))), *headers]
         conn = await self._open()
         try:
             try:
-                await conn.send(h11.Request(method=method, target=target, headers=headers))
+                await conn.send(h11.Request(method=method, target=target, headers=head))
                 await conn.send(h11.Data(data=payload))
                 await conn.send(h11.EndOfMessage())
                 event = await conn.next_event()
@@ -289,16 +295,7 @@ class LibpodClient:
                     f"podman API at {self.socket_path} closed the connection on {method} {path}: "
                     f"{err}"
                 ) from err
-            if isinstance(event, h11.Response) and event.status_code >= 400:
-                body_bytes = b"".join(
-                    [chunk async for chunk in Response(event.status_code, {}, conn).chunks()]
-                )
-                raise LibpodError.from_body(event.status_code, body_bytes)
-            if not (isinstance(event, h11.InformationalResponse) and event.status_code == 101):
-                raise RemoteProtocolError(f"podman API did not take over the connection: {event}")
-            _log.debug("%s %s -> 101", method, target)
-            buffered, _closed = conn.h11.trailing_data
-            yield conn.reader, conn.writer, bytes(buffered)
+            yield conn, event
         finally:
             conn.close()
 

@@ -528,12 +528,8 @@ class PodmanRuntime(WorkloadRuntime):
         Raises:
             WorkloadError: empty argv, or the task is not running.
         """
-        if not argv:
-            raise WorkloadError("exec needs a command (argv is empty)")
-        info, now = await self._current(handle)
-        if info is None or now != "running":
-            raise WorkloadError(f"task {handle.task_id} is not running")
-        return await run_exec(self._service, info.id, argv, EXEC_OUTPUT_LIMIT)
+        container = await self._exec_container(handle, argv)
+        return await run_exec(self._service, container, argv, EXEC_OUTPUT_LIMIT)
 
     async def exec_interactive(self, handle: TaskHandle, argv: tuple[str, ...], io: ExecIO) -> int:
         """Run ``argv`` in the running container attached to ``io``: a libpod exec session
@@ -546,12 +542,21 @@ class PodmanRuntime(WorkloadRuntime):
         Raises:
             WorkloadError: empty argv, or the task is not running.
         """
+        container = await self._exec_container(handle, argv)
+        return await run_attached(self._service, container, argv, io)
+
+    async def _exec_container(self, handle: TaskHandle, argv: tuple[str, ...]) -> str:
+        """The id of the running container to run ``argv`` in.
+
+        Raises:
+            WorkloadError: empty argv, or the task is not running.
+        """
         if not argv:
             raise WorkloadError("exec needs a command (argv is empty)")
         info, now = await self._current(handle)
         if info is None or now != "running":
             raise WorkloadError(f"task {handle.task_id} is not running")
-        return await run_attached(self._service, info.id, argv, io)
+        return info.id
 
     async def recover(self, handle: TaskHandle) -> bool:
         """True when the container runs or ended with a recorded exit; nothing is restarted.

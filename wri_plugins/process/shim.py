@@ -448,6 +448,11 @@ def run(opts: dict[str, list[str]], argv: list[str]) -> int:
 
 def exec_command(opts: dict[str, list[str]], argv: list[str]) -> int:
     """The ``exec`` command: join the cgroups and exec ``argv``; 127/126 when that fails."""
+    if TYPE_CHECKING:
+        from wri_plugins.process.pathexec import execvpe
+    else:
+        from pathexec import execvpe  # top-level as crilog; not in a running shim, to spare memory
+
     env = _read_env(opts["--env-file"][0])
     if "--tty" in opts:
         import fcntl  # only here: C modules, but no shim but an interactive exec needs them
@@ -470,36 +475,11 @@ def exec_command(opts: dict[str, list[str]], argv: list[str]) -> int:
         return 126
     _reset_signals()
     try:
-        _execvpe(argv, env)
+        execvpe(argv, env)
     except OSError as err:
         sys.stderr.write(f"{argv[0]}: {err.strerror}\n")
         return 127 if err.errno == 2 else 126
-    return 126  # not reached: _execvpe execs or raises
-
-
-def _execvpe(argv: list[str], env: dict[bytes, bytes]) -> None:
-    """``execve`` of ``argv[0]`` searched in the task's ``PATH`` (default ``/usr/bin:/bin``) as
-    execvp(3) does: the first candidate that runs wins; when none does, the first error other
-    than "not found" is raised (else "not found").
-
-    Not ``os.execvpe``: it imports ``warnings``, which a command that switched to an
-    unprivileged user may not be allowed to read (an interpreter under ``/root``).
-
-    Raises:
-        OSError: nothing could be run (errno 2 when nothing was found).
-    """
-    name = os.fsencode(argv[0])
-    if b"/" in name:
-        os.execve(name, argv, env)
-    missing = (2, 20)  # ENOENT, ENOTDIR
-    failure: OSError | None = None
-    for directory in env.get(b"PATH", b"/usr/bin:/bin").split(b":"):
-        try:
-            os.execve(os.path.join(directory or b".", name), argv, env)
-        except OSError as err:
-            if failure is None or (failure.errno in missing and err.errno not in missing):
-                failure = err
-    raise failure or OSError(2, os.strerror(2))
+    return 126  # not reached: execvpe execs or raises
 
 
 #: Largest request the fork server accepts, bytes (a request carries one task's arguments).

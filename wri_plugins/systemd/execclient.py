@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import AsyncIterator
 
 from agent.errors import WorkloadError
 from wri_plugins.api import ExecIO, ExecResult
@@ -61,44 +62,34 @@ async def run_exec(socket_name: str, argv: tuple[str, ...], limit: int) -> ExecR
         asyncio.CancelledError: after closing the connection, which makes the pump SIGKILL the
             command's process group.
     """
-    try:
-        request = encode_request(argv)
-    except ValueError as err:
-        raise WorkloadError(str(err)) from err
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    read_end, write_end = os.pipe()
-    transport: asyncio.BaseTransport | None = None
-    try:
+    async with _connection(socket_name, argv) as (sock, request):
+        read_end, write_end = os.pipe()
+        transport: asyncio.BaseTransport | None = None
         try:
-            await loop.sock_connect(sock, "\0" + socket_name)
-        except OSError as err:
-            raise WorkloadError(f"the task takes no exec requests ({err.strerror})") from err
-        pipe = os.fdopen(read_end, "rb", buffering=0)
-        read_end = -1
-        collect = _Collect(limit)
-        transport, _ = await loop.connect_read_pipe(lambda: collect, pipe)
-        try:
-            socket.send_fds(sock, [request], [write_end])
-        except OSError as err:
-            raise WorkloadError(f"cannot send the exec request: {err}") from err
-        os.close(write_end)
-        write_end = -1
-        reply = await loop.sock_recv(sock, 64)
-        if not reply.isdigit():
-            raise WorkloadError("the task ended while the exec command ran")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DRAIN_SECONDS):
-                await collect.closed
-        return ExecResult(exit_code=int(reply), output=bytes(collect.data))
-    finally:
-        sock.close()
-        if transport is not None:
-            transport.close()
-        for fd in (read_end, write_end):
-            if fd >= 0:
-                os.close(fd)
+            pipe = os.fdopen(read_end, "rb", buffering=0)
+            read_end = -1
+            collect = _Collect(limit)
+            transport, _ = await loop.connect_read_pipe(lambda: collect, pipe)
+            try:
+                socket.send_fds(sock, [request], [write_end])
+            except OSError as err:
+                raise WorkloadError(f"cannot send the exec request: {err}") from err
+            os.close(write_end)
+            write_end = -1
+            reply = await loop.sock_recv(sock, 64)
+            if not reply.isdigit():
+                raise WorkloadError("the task ended while the exec command ran")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await collect.closed
+            return ExecResult(exit_code=int(reply), output=bytes(collect.data))
+        finally:
+            if transport is not None:
+                transport.close()
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
 
 
 async def run_attached(socket_name: str, argv: tuple[str, ...], io: ExecIO) -> int:
@@ -120,39 +111,54 @@ async def run_attached(socket_name: str, argv: tuple[str, ...], io: ExecIO) -> i
         asyncio.CancelledError: after closing the connection, which makes the pump SIGKILL the
             command's process group.
     """
+    loop = asyncio.get_running_loop()
+    async with _connection(socket_name, argv) as (sock, request):
+        stdio: ChildStdio | None = None
+        try:
+            try:
+                stdio = ChildStdio.open(io)
+                socket.send_fds(sock, [request], list(stdio.child))
+            except OSError as err:
+                raise WorkloadError(f"cannot send the exec request: {err}") from err
+            stdio.close_child()
+            if await loop.sock_recv(sock, 64) != STARTED:
+                raise NotStartedError(
+                    "the task's exec server ran nothing: the task ended, or its log pump was "
+                    "started by an agent without interactive exec (restart the pod)"
+                )
+
+            async def ended() -> int:
+                reply = await loop.sock_recv(sock, 64)
+                if not reply.isdigit():
+                    raise WorkloadError("the task ended while the exec command ran")
+                return int(reply)
+
+            return await stdio.attach(io, ended())
+        finally:
+            if stdio is not None:
+                stdio.close()
+
+
+@contextlib.asynccontextmanager
+async def _connection(
+    socket_name: str, argv: tuple[str, ...]
+) -> AsyncIterator[tuple[socket.socket, bytes]]:
+    """A connection to the pump's exec socket, non-blocking, with the request packet for
+    ``argv``; closing the context closes the connection (which makes the pump SIGKILL a command
+    still running).
+
+    Raises:
+        WorkloadError: bad argv, or no exec server (the task ended).
+    """
     try:
         request = encode_request(argv)
     except ValueError as err:
         raise WorkloadError(str(err)) from err
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    stdio: ChildStdio | None = None
-    try:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as sock:
+        sock.setblocking(False)
         try:
             await loop.sock_connect(sock, "\0" + socket_name)
         except OSError as err:
             raise WorkloadError(f"the task takes no exec requests ({err.strerror})") from err
-        try:
-            stdio = ChildStdio.open(io)
-            socket.send_fds(sock, [request], list(stdio.child))
-        except OSError as err:
-            raise WorkloadError(f"cannot send the exec request: {err}") from err
-        stdio.close_child()
-        if await loop.sock_recv(sock, 64) != STARTED:
-            raise NotStartedError(
-                "the task's exec server ran nothing: the task ended, or its log pump was "
-                "started by an agent without interactive exec (restart the pod)"
-            )
-
-        async def ended() -> int:
-            reply = await loop.sock_recv(sock, 64)
-            if not reply.isdigit():
-                raise WorkloadError("the task ended while the exec command ran")
-            return int(reply)
-
-        return await stdio.attach(io, ended())
-    finally:
-        sock.close()
-        if stdio is not None:
-            stdio.close()
+        yield sock, request

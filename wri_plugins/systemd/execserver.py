@@ -34,8 +34,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as sig
     from collections.abc import Callable
+
+    from wri_plugins.process.pathexec import execvpe
 else:
     import _signal as sig
+
+    try:  # the pump: the process runtime's directory is on sys.path (see run_pump)
+        from pathexec import execvpe
+    except ImportError:  # imported as wri_plugins.systemd.execserver by the runtime or tests
+        from wri_plugins.process.pathexec import execvpe
 
 REQUEST_MAX = 65536  # bytes of one request packet (the argv)
 #: The packet that acknowledges a three-descriptor request once its command is forked.
@@ -55,31 +62,6 @@ def encode_request(argv: list[str] | tuple[str, ...]) -> bytes:
     if len(data) > REQUEST_MAX:
         raise ValueError(f"exec argv longer than {REQUEST_MAX} bytes")
     return data
-
-
-def _execvpe(argv: list[str], env: dict[bytes, bytes]) -> None:
-    """``execve`` of ``argv[0]`` searched in the task's ``PATH`` (default ``/usr/bin:/bin``)
-    as execvp(3) does: the first candidate that runs wins; when none does, the first error
-    other than "not found" is raised (else "not found").
-
-    Not ``os.execvpe``: it imports ``warnings``, which a child that switched to an
-    unprivileged user may not be allowed to read (an interpreter under ``/root``).
-
-    Raises:
-        OSError: nothing could be run (``ENOENT`` when nothing was found).
-    """
-    name = os.fsencode(argv[0])
-    if b"/" in name:
-        os.execve(name, argv, env)
-    missing = (errno_module.ENOENT, errno_module.ENOTDIR)
-    failure: OSError | None = None
-    for directory in env.get(b"PATH", b"/usr/bin:/bin").split(b":"):
-        try:
-            os.execve(os.path.join(directory or b".", name), argv, env)
-        except OSError as err:
-            if failure is None or (failure.errno in missing and err.errno not in missing):
-                failure = err
-    raise failure or OSError(errno_module.ENOENT, os.strerror(errno_module.ENOENT))
 
 
 def _take_terminal(fd: int) -> None:
@@ -211,7 +193,7 @@ class ExecServer:
                 else:
                     os.setpgid(0, 0)
                 self._setup()
-                _execvpe(argv, self.env)
+                execvpe(argv, self.env)
             except OSError as err:
                 code = 127 if err.errno == errno_module.ENOENT else 126
                 try:

@@ -478,11 +478,7 @@ class SystemdRuntime(WorkloadRuntime):
         Raises:
             WorkloadError: empty argv, or the task is not running.
         """
-        if not argv:
-            raise WorkloadError("exec needs a command (argv is empty)")
-        if not (await self._state(handle)).running:
-            raise WorkloadError(f"task {handle.task_id} is not running")
-        name = exec_socket_name(str(self._task_dir(handle)))
+        name = await self._exec_socket(handle, argv)
         return await run_exec(name, argv, EXEC_OUTPUT_LIMIT)
 
     async def exec_interactive(self, handle: TaskHandle, argv: tuple[str, ...], io: ExecIO) -> int:
@@ -497,11 +493,7 @@ class SystemdRuntime(WorkloadRuntime):
         Raises:
             WorkloadError: empty argv, or the task is not running.
         """
-        if not argv:
-            raise WorkloadError("exec needs a command (argv is empty)")
-        if not (await self._state(handle)).running:
-            raise WorkloadError(f"task {handle.task_id} is not running")
-        name = exec_socket_name(str(self._task_dir(handle)))
+        name = await self._exec_socket(handle, argv)
         try:
             return await run_attached(name, argv, io)
         except NotStartedError:
@@ -513,6 +505,18 @@ class SystemdRuntime(WorkloadRuntime):
         if result.output:
             await io.write("stdout", result.output)
         return result.exit_code
+
+    async def _exec_socket(self, handle: TaskHandle, argv: tuple[str, ...]) -> str:
+        """The abstract socket name of the running task's exec server, to run ``argv`` there.
+
+        Raises:
+            WorkloadError: empty argv, or the task is not running.
+        """
+        if not argv:
+            raise WorkloadError("exec needs a command (argv is empty)")
+        if not (await self._state(handle)).running:
+            raise WorkloadError(f"task {handle.task_id} is not running")
+        return exec_socket_name(str(self._task_dir(handle)))
 
     async def recover(self, handle: TaskHandle) -> bool:
         """True while the unit exists with a running task or a recorded exit; False when gone.
