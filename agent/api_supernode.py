@@ -17,13 +17,16 @@ this node's own pods, ``GET``/``PUT``/``DELETE pods/{name}`` act on supernode po
 ``GET nodes`` shows the supernode as one Node. ``GET pods/{name}/log`` and ``pods/{name}/exec``
 of a pod placed on another member are carried to that member over the mesh
 (:mod:`supernode.proxy`; exec non-interactive, :mod:`agent.api_supernode_exec`). ``GET pods``
-with ``watch=true`` polls that list (:mod:`agent.api_supernode_watch`). PATCH of supernode
-pods is not served here. On a node that is not a member every route
-behaves as before.
+with ``watch=true`` polls that list (:mod:`agent.api_supernode_watch`). ``GET events`` lists
+this node's events and those of the supernode pods on every reachable member, each supernode
+pod's under its supernode uid (:mod:`supernode.events`; a watch of events stays refused, by the
+core route). PATCH of supernode pods is not served here. On a node that is not a member every
+route behaves as before.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -32,6 +35,7 @@ from agent.api_supernode_exec import exec_upgrade
 from agent.api_supernode_watch import PolledPods
 from agent.errors import BadRequestError, ManifestError, NotFoundError
 from agent.httproute import Handler, Query, Request, Response, StreamingResponse, Upgrade
+from agent.kube_select import Selector
 from supernode import Supernode
 from supernode.pods import is_supernode_pod
 from supernode.proxy import open_remote_log, remote_exec
@@ -41,6 +45,7 @@ __all__ = ["SupernodeApi"]
 
 GROUP = "/apis/florete.io/v1alpha1"
 _PODS = "/api/v1/namespaces/{namespace}/pods"
+_EVENTS = "/api/v1/namespaces/{namespace}/events"
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -75,7 +80,9 @@ class SupernodeApi:
         self.supernode = supernode
         self.watch = PolledPods(self._pods)
         self._core_log: Handler | None = None
+        self._core_events: Handler | None = None
         supernode.serve_logs(self._open_local_log)
+        supernode.serve_events(self._local_events)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """``(method, path template, handler)`` for :class:`agent.httproute.Router`."""
@@ -126,6 +133,8 @@ class SupernodeApi:
             ("GET", _PODS + "/{name}/log"): self._log,
             ("GET", _PODS + "/{name}/exec"): self._exec,
             ("POST", _PODS + "/{name}/exec"): self._exec,
+            ("GET", "/api/v1/events"): self._list_events,
+            ("GET", _EVENTS): self._list_events,
             ("GET", "/api/v1/nodes"): self._list_nodes,
             ("GET", "/api/v1/nodes/{name}"): self._get_node,
         }.get((method, template))
@@ -324,6 +333,34 @@ class SupernodeApi:
             return exec_upgrade(request, command, where)
 
         return handle
+
+    def _list_events(self, core: Handler) -> Handler:
+        self._core_events = core
+
+        async def handle(request: Request) -> Response | StreamingResponse | Upgrade:
+            if not self._member() or request.query.get_bool("watch"):
+                return await core(request)
+            fields = request.query.get("fieldSelector")
+            Selector.parse(request.query.get("labelSelector"), fields, "events")  # before asking
+            namespace = request.params.get("namespace")
+            mine = await self._local_events(namespace)
+            objects = await self.supernode.list_events(mine, namespace, fields)
+            version = self.supernode.reconciler.store.resource_version()
+            return list_response(request, "events", "EventList", objects, version)
+
+        return handle
+
+    async def _local_events(self, namespace: str | None) -> list[dict[str, Any]]:
+        """This node's own events (of ``namespace``, or all) through its core events route."""
+        if self._core_events is None:
+            raise NotFoundError("the events route is not served here")
+        path = "/api/v1/events" if namespace is None else f"/api/v1/namespaces/{namespace}/events"
+        params = {} if namespace is None else {"namespace": namespace}
+        answer = await self._core_events(Request("GET", path, params=params))
+        if not isinstance(answer, Response) or answer.status != 200:
+            raise BadRequestError("the events route gave no events")
+        items = json.loads(answer.body).get("items")
+        return [item for item in items or [] if isinstance(item, dict)]
 
     def _list_nodes(self, core: Handler) -> Handler:
         async def handle(request: Request) -> Response | StreamingResponse | Upgrade:

@@ -13,6 +13,8 @@ Raft configuration):
   ``supernode.pod`` ``{"namespace", "name"}`` — one of them, or None.
 * ``supernode.log.open|read|close`` and ``supernode.exec`` — logs and exec of the supernode
   pods placed on this member, for the others (:mod:`supernode.proxy`).
+* ``supernode.events`` ``{"namespace", "fieldSelector", "after"}`` — the events about the
+  supernode pods placed on this member (paged; :mod:`supernode.events`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import BadRequestError, NotFoundError
 from agent.identity import short_id
+from agent.kube_select import Selector
 from agent.mesh import PeerRequestHandler
 from supernode.errors import NoQuorumError, NotMemberError, ProposalError
+from supernode.events import EventsReader, page, placed_events, placed_uids
 from supernode.placement import MemberReport
 from supernode.pods import is_supernode_pod
 from supernode.proxy import LogOpener, LogStreams, run_exec
@@ -44,7 +48,8 @@ __all__ = ["PAGE_BYTES", "MeshMethods"]
 log = logging.getLogger(__name__)
 
 PAGE_BYTES = 40_000
-"""Pod objects per ``supernode.pods`` answer, by JSON size (the mesh's limit is 64 KiB)."""
+"""Pod or Event objects per ``supernode.pods`` or ``supernode.events`` answer, by JSON size (the
+mesh's limit is 64 KiB)."""
 
 
 class MeshMethods:
@@ -58,6 +63,7 @@ class MeshMethods:
     def __init__(self, node: Supernode) -> None:
         self.node = node
         self.log_streams: LogStreams | None = None
+        self.events: EventsReader | None = None
 
     def serve_logs(self, opener: LogOpener) -> None:
         """Serve the logs of the supernode pods placed here (before :meth:`register`);
@@ -71,8 +77,14 @@ class MeshMethods:
 
         self.log_streams = LogStreams(placed_here)
 
+    def serve_events(self, reader: EventsReader) -> None:
+        """Serve the events of the supernode pods placed here (before :meth:`register`);
+        ``reader`` lists this node's events, as its events route does."""
+        self.events = reader
+
     def register(self) -> None:
-        """Serve the methods on the node's mesh (the log methods only after :meth:`serve_logs`)."""
+        """Serve the methods on the node's mesh (the log and event methods only after
+        :meth:`serve_logs` and :meth:`serve_events`)."""
         mesh = self.node.mesh
         for method, handler in (
             ("supernode.info", self._on_info),
@@ -93,6 +105,8 @@ class MeshMethods:
                 ("supernode.log.close", streams.on_close),
             ):
                 mesh.on_peer_request(method, self._members_only(handler))
+        if self.events is not None:
+            mesh.on_peer_request("supernode.events", self._on_events)
 
     async def close(self) -> None:
         """Close the log streams still open for other members."""
@@ -205,6 +219,21 @@ class MeshMethods:
                 return {"items": items, "more": True}
             items.append(obj)
         return {"items": items, "more": False}
+
+    async def _on_events(self, peer: str, body: Any) -> dict[str, Any]:
+        m = self._from_member(peer)
+        if not isinstance(body, dict):
+            raise BadRequestError("supernode.events: expected {namespace, fieldSelector, after}")
+        namespace, fields, after = (body.get(k) for k in ("namespace", "fieldSelector", "after"))
+        if not all(v is None or isinstance(v, str) for v in (namespace, fields, after)):
+            raise BadRequestError("supernode.events: namespace, fieldSelector, after are strings")
+        selector = Selector.parse(None, fields, "events")
+        uids = placed_uids(m.local_pods(), self.node.record, self.node.me)
+        if self.events is None or not uids:
+            return {"items": [], "more": False}
+        events = placed_events(await self.events(namespace), uids, selector)
+        items, more = page(events, after, PAGE_BYTES)
+        return {"items": items, "more": more}
 
     async def _on_pod(self, peer: str, body: Any) -> dict[str, Any] | None:
         self._from_member(peer)

@@ -36,6 +36,7 @@ from agent.reconciler import Reconciler
 from agent.runtimes import RuntimeRegistry
 from agent.store import StoredPod
 from supernode.errors import AlreadyMemberError, NoQuorumError, NotMemberError
+from supernode.events import EventsReader, member_events, merge, relabel, supernode_uids
 from supernode.methods import MeshMethods
 from supernode.pods import (
     PLACEMENT_ANNOTATION,
@@ -163,6 +164,11 @@ class Supernode:
         """Serve the logs of the supernode pods placed here to the other members (before
         :meth:`start`); ``opener`` opens a local pod's log, as this node's log route does."""
         self._methods.serve_logs(opener)
+
+    def serve_events(self, reader: EventsReader) -> None:
+        """Serve the events of the supernode pods placed here to the other members (before
+        :meth:`start`); ``reader`` lists this node's events, as its events route does."""
+        self._methods.serve_events(reader)
 
     async def stop(self) -> None:
         """Stop taking part (the membership stays: the next start resumes it)."""
@@ -527,6 +533,35 @@ class Supernode:
         except (FloreteError, AttributeError) as err:
             log.debug("supernode: pods of %s: %s", short_id(node_id), err)
             return items
+
+    async def list_events(
+        self, mine: list[dict[str, Any]], namespace: str | None, field_selector: str | None
+    ) -> list[dict[str, Any]]:
+        """This node's events and those of the supernode pods on every reachable member (of
+        ``namespace``, or all), oldest first; a supernode pod's events under its supernode uid.
+
+        Args:
+            mine: this node's own events of ``namespace``, as its events route lists them.
+            namespace: the namespace, or None for all.
+            field_selector: passed on to the members, which answer only what it selects (the
+                caller still applies it to the whole list).
+
+        Raises:
+            NotMemberError: this node is not a member.
+        """
+        m = self.member()
+        uids = supernode_uids(self.reconciler.store.list_pods(namespace))
+        mine = [relabel(event, uids) for event in mine]
+        members = {
+            r.member
+            for r in m.state.pods.values()
+            if r.member and r.member != self.me and namespace in (None, r.namespace)
+        }
+        asked = [n for n in sorted(members) if self._reachable(n)]
+        theirs = await asyncio.gather(
+            *(member_events(self.mesh, n, namespace, field_selector, ASK_TIMEOUT) for n in asked)
+        )
+        return merge(mine, *theirs)
 
     # ----------------------------------------------------------------- status and node
 

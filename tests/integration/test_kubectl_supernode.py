@@ -240,14 +240,39 @@ def test_nodes_show_the_supernode(r: Rover) -> None:
     assert 'member of supernode "rover"' in missing.stderr
 
 
-def test_events_of_a_local_pod(r: Rover) -> None:
+def _described_events(described: str) -> list[list[str]]:
+    """The rows of the Events section of ``kubectl describe``: type, reason, age, from, message."""
+    section = described.partition("\nEvents:\n")[2]
+    return [line.split(None, 4) for line in section.splitlines()[2:] if line.strip()]
+
+
+def test_events_of_pods_on_both_members(r: Rover) -> None:
     k = r.kube
-    r.apply("eventful", "a")
-    k.wait_running("eventful")
-    events = k.run("get", "events").stdout
-    assert events.splitlines()[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
-    assert "pod/eventful" in events
-    assert "Started container main" in events
+    r.apply("near", "a")
+    r.apply("far", "b")
+    k.wait_running("near")
+    k.wait_running("far")
+    for name, member in (("near", "a"), ("far", "b")):  # describe asks by name, namespace, uid
+        events = _described_events(k.run("describe", "pod", name).stdout)
+        reasons = {row[1]: row for row in events}
+        assert {"Scheduled", "Started"} <= set(reasons), events
+        assert reasons["Scheduled"][4] == f"Successfully assigned default/{name} to {member}"
+        assert reasons["Started"][4] == "Started container main"
+    listed = k.run("get", "events").stdout
+    assert listed.splitlines()[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    objects = {line.split()[3] for line in listed.splitlines()[1:]}
+    assert {"pod/near", "pod/far"} <= objects, listed
+    everywhere = json.loads(k.run("get", "events", "-A", "-o", "json").stdout)["items"]
+    hosts = {e["involvedObject"]["name"]: e["source"]["host"] for e in everywhere}
+    assert (hosts["near"], hosts["far"]) == ("a", "b")  # each recorded by its member
+    selected = k.run(
+        "get", "events", "--field-selector", "involvedObject.name=far", "-o", "name"
+    ).stdout.split()
+    assert selected, "no event of far"
+    assert all(name.startswith("event/far.") for name in selected), selected
+    refused = k.run("get", "events", "-w", check=False)
+    assert refused.returncode == 1
+    assert "watch is served for pods only" in refused.stderr
 
 
 def test_bad_manifest_gives_field_errors(r: Rover) -> None:
