@@ -45,7 +45,7 @@ bench-full: $(BENCH_STAMP)
 	FLORETE_INTERFACES=lo $(BIN)/python -m bench --full
 
 # Packages (docs/packaging.md): build/florete-agent_VERSION_all.deb, and the .ipk files of
-# OpenWrt without its SDK. test-packaging (as root, ~8 min): lintian, piuparts, bookworm
+# OpenWrt without its SDK. test-packaging (as root, ~11 min): lintian, piuparts, bookworm
 # chroots on amd64 and on armhf under qemu, systemd as PID 1.
 deb: $(STAMP)
 	PYTHON=$(abspath $(BIN))/python packaging/debian/build-deb.sh build

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The Debian package's long checks (docs/packaging.md), as root on a Debian 12 x86_64 machine:
 #
-#   build     make the .deb, and a second one of a later version for the upgrade tests
+#   build     make the .deb, and from it a second one of a later version for the upgrade tests
 #   lintian   lintian --pedantic, failing on any tag that is not overridden with a reason
 #   piuparts  install, upgrade from the previous version, purge, in a clean bookworm chroot
 #   amd64     install in a clean bookworm chroot: a private install, then `florete-agent version`,
-#             `run`, and an `apply` of the examples with both pods Running (packaging/armhf/in-chroot.sh)
+#             `run`, and an `apply` of the examples with both pods Running (packaging/armhf/in-chroot.sh);
+#             while they run, packaging/check_installed.py: every dependency comes from where
+#             packaging/dependencies.toml says, and each optional feature works (pairing's SPAKE2
+#             and QR code, SSH, MQTT, supernode, the TUI on the agent, `florete-agent pair`)
 #   systemd   that chroot as a podman container with systemd as PID 1: the unit starts and reports
 #             READY, the florete group may use the socket, a killed agent is restarted and
 #             re-attaches to its pod, an upgrade restarts it with the pod still running and the
 #             edited conffile kept, and a purge removes state and configuration
-#   armhf     the amd64 checks of the .deb in an armhf chroot under qemu-user-static
+#   armhf     the amd64 checks of the .deb in an armhf chroot under qemu-user-static, the
+#             optional features too
 #
 # Usage: packaging/test-packaging.sh [STEP...]     (default: every step, in this order)
 # Env:   PACKAGING_WORK  work directory (default /var/tmp/florete-packaging; chroots are kept
@@ -98,9 +102,31 @@ step() {
 }
 
 step_build() {
-  PYTHON=$PYTHON "$HERE/debian/build-deb.sh" "$OUT"
-  PYTHON=$PYTHON FLORETE_DEB_VERSION=$NEXT "$HERE/debian/build-deb.sh" "$OUT"
+  # The carried wheels from the repository's cache, which `make test` (and `make deb`, `make ipk`)
+  # fill: no download when they ran first.
+  PYTHON=$PYTHON VENDOR_CACHE=$REPO/build/vendor "$HERE/debian/build-deb.sh" "$OUT"
+  # The later version for the upgrade tests: the same package with its version raised (a
+  # second dpkg-buildpackage of the same tree would make the same files, in a minute).
+  local tree=$WORK/repack
+  rm -rf "$tree"
+  dpkg-deb -R "$DEB" "$tree"
+  sed -i "s/^Version: .*/Version: $NEXT/" "$tree/DEBIAN/control"
+  dpkg-deb --root-owner-group -Zgzip -b "$tree" "$DEB_NEXT" >/dev/null
+  rm -rf "$tree"
   ls -l "$DEB" "$DEB_NEXT"
+  dpkg-deb -f "$DEB" Installed-Size Depends
+  # Every copy dependencies.toml carries into the .deb is in it, at its version.
+  local listing dist
+  local -a missing=()
+  listing=$(dpkg-deb -c "$DEB")
+  for dist in $("$PYTHON" -c 'import re, sys, tomllib
+for name, entry in tomllib.load(open(sys.argv[1], "rb"))["vendor"].items():
+    if "deb" in entry["into"]:
+        print(re.sub(r"[-_.]+", "_", name) + "-" + entry["version"] + ".dist-info/")
+' "$HERE/dependencies.toml"); do
+    grep -qiF "./usr/lib/florete-agent/$dist" <<<"$listing" || missing+=("$dist")
+  done
+  [ ${#missing[@]} -eq 0 ] || die "not in the .deb: ${missing[*]}"
 }
 
 step_lintian() {
@@ -159,7 +185,8 @@ prepare_chroot() {
   in_chroot dpkg --purge florete-agent >/dev/null 2>&1 || true
   rm -rf "$ROOT/tmp/fl" "$ROOT/root/check"
   mkdir -p "$ROOT/root/check"
-  cp "$DEB" "$HERE/armhf/in-chroot.sh" "$ROOT/root/check/"
+  cp "$DEB" "$HERE/armhf/in-chroot.sh" "$HERE/check_installed.py" "$HERE/dependencies.toml" \
+    "$ROOT/root/check/"
   local -a extra=()
   if [ "$ARCH" = amd64 ]; then extra=(systemd systemd-sysv dbus); fi
   in_chroot apt-get update -q
@@ -167,7 +194,8 @@ prepare_chroot() {
     "/root/check/$(basename "$DEB")"
   # shellcheck disable=SC2016  # dpkg-query's own ${field} syntax
   in_chroot dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' florete-agent python3 \
-    python3-cryptography python3-psutil python3-yaml python3-h11
+    python3-cryptography python3-psutil python3-yaml python3-h11 python3-segno \
+    python3-typing-extensions
 }
 
 # Not in the shared site-packages: nothing of the package under dist-packages, and the system
@@ -188,7 +216,9 @@ smoke_in_chroot() {
   unshare --net -- /bin/sh -c 'ip link set lo up && exec "$@"' sh \
     chroot "$ROOT" /usr/bin/env -i PATH="$CHROOT_PATH" HOME=/root LANG=C.UTF-8 TERM=dumb \
     CHECK_BIN_DIR=/usr/bin CHECK_EXAMPLES="$EXAMPLES" ARMHF_CHECK_TIMEOUT="$TIMEOUT" \
+    CHECK_INSTALLED=/root/check/check_installed.py \
     /bin/bash /root/check/in-chroot.sh run 2>&1 | tee "$WORK/$ARCH-run.log"
+  grep -q '^every optional feature works$' "$WORK/$ARCH-run.log"
   grep -q 'agent stopped by SIGTERM: exit status 0' "$WORK/$ARCH-run.log"
 }
 

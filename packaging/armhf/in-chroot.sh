@@ -2,7 +2,8 @@
 # Runs inside a chroot: check.sh calls it after installing the agent in /opt/florete-agent,
 # packaging/test-packaging.sh after installing the .deb.
 #   in-chroot.sh run       the agent's main job: start, status, apply examples/, both pods Running,
-#                          logs, delete, stop with SIGTERM
+#                          logs, delete, stop with SIGTERM; with CHECK_INSTALLED set (the path of
+#                          packaging/check_installed.py), that check too, while the pods run
 #   in-chroot.sh measure   Python heap of the daemon (tracemalloc) and import time of agent.daemon;
 #                          prints "FIGURE ..." lines that check.sh puts in its summary
 # Nothing is sent on a real network interface: FLORETE_INTERFACES=lo, probes go to 127.0.0.1.
@@ -93,6 +94,11 @@ run() {
   show florete-agent apply -f "$EXAMPLES"
   wait_until "both pods Running" pods_running
   show florete-agent get pods -o wide
+  if [ -n "${CHECK_INSTALLED:-}" ]; then
+    # Every dependency from where packaging/dependencies.toml says, and each optional feature
+    # at work (pairing, QR, SSH, MQTT, supernode; the TUI and `pair` on this agent).
+    show python3 -I "$CHECK_INSTALLED" --agent --timeout "$TIMEOUT"
+  fi
   show florete-agent logs hello
   show florete-agent delete pod hello web
   show florete-agent get pods

@@ -4,6 +4,7 @@
 # Usage: packaging/debian/build-deb.sh [OUT_DIR]      (default build/; the .deb lands there)
 # Env:   PYTHON             interpreter whose pip fetches the carried wheels (default python3)
 #        FLORETE_DEB_VERSION  build this version instead of pyproject's (upgrade tests)
+#        VENDOR_CACHE       where the checked carried wheels are kept (default OUT_DIR/vendor)
 # Needs: dpkg-dev debhelper dh-python python3-pip python3-setuptools python3-wheel
 #        (.ci/run installs them); PyPI for the first fetch of the carried wheels.
 set -eu
@@ -29,8 +30,8 @@ rm "$STAGE/debian/build-deb.sh"
 # One unit file for the package and for a hand-made install (README.md).
 cp "$REPO/packaging/systemd/florete-agent.service" "$STAGE/debian/"
 
-# The pure-Python copies (checked against their sha256, cached in OUT/vendor).
-"$PYTHON" "$REPO/packaging/vendor.py" fetch --into deb "$OUT/vendor" |
+# The pure-Python copies (checked against their sha256, cached in VENDOR_CACHE).
+"$PYTHON" "$REPO/packaging/vendor.py" fetch --into deb "${VENDOR_CACHE:-$OUT/vendor}" |
     while read -r wheel; do cp "$wheel" "$STAGE/vendor/"; done
 [ -n "$(ls "$STAGE/vendor")" ]
 

@@ -4,7 +4,8 @@
 
 writes ``DIR/florete-agent_VERSION-1_all.ipk`` (the agent) and
 ``DIR/florete-agent-tui_VERSION-1_all.ipk`` (the pure-Python tree ``florete-agent tui`` needs,
-optional), and prints their paths. An .ipk is a gzip'd tar of ``./debian-binary``,
+optional: the one optional part; pairing, the Android runtime, the MQTT bridge and supernodes
+are in the agent's package), and prints their paths. An .ipk is a gzip'd tar of ``./debian-binary``,
 ``./data.tar.gz`` and ``./control.tar.gz``, as OpenWrt's ``ipkg-build`` makes it.
 
 The files are those the feed Makefile (``florete-agent/Makefile``) installs: the project's
@@ -40,7 +41,10 @@ LIB = "usr/lib/florete-agent"
 RELEASE = 1
 #: Modules of the feed's python3 the agent imports beyond python3-light (asyncio, logging,
 #: sqlite3, ssl, email for importlib.metadata, urllib, uuid; ctypes and multiprocessing for
-#: pyroute2). Each is a package of lang/python/python3 in the OpenWrt packages feed.
+#: pyroute2, and unittest: its iprsocket module imports unittest.mock; decimal through fractions,
+#: for quantities; codecs for unicodedata, which asyncssh and textual import; xml for segno).
+#: Each is a package of lang/python/python3 in the OpenWrt packages feed;
+#: tests/unit/test_packaging.py imports the agent's modules and checks the list.
 PYTHON3_MODULES = (
     "python3-light",
     "python3-asyncio",
@@ -52,6 +56,10 @@ PYTHON3_MODULES = (
     "python3-uuid",
     "python3-ctypes",
     "python3-multiprocessing",
+    "python3-unittest",
+    "python3-decimal",
+    "python3-codecs",
+    "python3-xml",
 )
 CONFFILES = ("/etc/config/florete",)
 #: What sysupgrade keeps: the node's identity and database (the default state_dir).

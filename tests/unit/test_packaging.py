@@ -23,6 +23,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from agent.config import config_keys, load_config
 
@@ -59,14 +62,32 @@ def _table() -> dict[str, Any]:
     return tomllib.loads((PACKAGING / "dependencies.toml").read_text(encoding="utf-8"))
 
 
-def _requirement_names() -> list[str]:
+#: pyproject's optional features that an installed package must carry (dev and bench are not
+#: installed).
+FEATURES = ("tui", "pairing", "mqtt", "supernode", "android")
+#: What markers of a requirement are evaluated against: the Pythons of bookworm and OpenWrt.
+MARKER_ENV = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.2",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+
+
+def _requirements() -> list[Requirement]:
+    """pyproject's dependencies and those of :data:`FEATURES`."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    names = []
-    for requirement in project["dependencies"]:
-        match = re.match(r"[A-Za-z0-9._-]+", requirement)
-        assert match is not None, requirement
-        names.append(match.group(0))
-    return names
+    texts = list(project["dependencies"])
+    for feature in FEATURES:
+        texts += [r for r in project["optional-dependencies"][feature] if "florete" not in r]
+    return [Requirement(text) for text in texts]
+
+
+def _requirement_names() -> list[str]:
+    return sorted({r.name for r in _requirements()})
 
 
 def _norm(name: str) -> str:
@@ -133,12 +154,98 @@ def _control_depends() -> list[str]:
 
 
 def test_every_dependency_is_a_system_package_or_carried() -> None:
+    """Each of pyproject's dependencies and optional features' is in each package one way:
+    the system's, or carried (on OpenWrt, the TUI's in florete-agent-tui)."""
+    table = _table()
+    carried = {_norm(n): set(v["into"]) for n, v in table["vendor"].items()}
+    debian = {_norm(n) for n in table["debian"]}
+    openwrt = {_norm(n) for n in table["openwrt"]}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    tui = {_norm(Requirement(r).name) for r in project["optional-dependencies"]["tui"]}
+    for name in map(_norm, _requirement_names()):
+        into = carried.get(name, set())
+        assert (name in debian) != ("deb" in into), f"{name}: one of [debian] or carried"
+        ipk = "ipk-tui" if name in tui else "ipk"
+        assert (name in openwrt) != (ipk in into), f"{name}: one of [openwrt] or into {ipk}"
+
+
+def _debian_minimum(spec: str) -> Version:
+    match = re.fullmatch(r"[\w.+-]+ \(>= ([\w.~+-]+)\)", spec)
+    assert match is not None, spec
+    return Version(match.group(1))
+
+
+def test_every_system_minimum_and_carried_version_meets_pyproject() -> None:
     table = _table()
     carried = {_norm(n): v for n, v in table["vendor"].items()}
-    for name in _requirement_names():
-        for target, system in (("deb", table["debian"]), ("ipk", table["openwrt"])):
-            into = carried.get(_norm(name), {}).get("into", [])
-            assert (name in system) != (target in into), f"{name}: one of [{target}] or vendor"
+    debian = {_norm(n): v for n, v in table["debian"].items()}
+    for requirement in _requirements():
+        name = _norm(requirement.name)
+        if name in debian:
+            assert requirement.specifier.contains(_debian_minimum(debian[name])), requirement
+        if name in carried:
+            assert requirement.specifier.contains(carried[name]["version"]), requirement
+
+
+@pytest.fixture(scope="module")
+def carried_wheels() -> dict[str, Path]:
+    """Every carried wheel (fetched once from PyPI, then from the cache in build/vendor)."""
+    return {i.name: vendor.fetch(i, REPO / "build" / "vendor") for i in vendor.load_vendored()}
+
+
+def _wheel_requirements(wheel: Path) -> list[Requirement]:
+    with zipfile.ZipFile(wheel) as archive:
+        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        text = archive.read(meta).decode()
+    return [
+        Requirement(line.split(":", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+
+
+def test_every_requirement_of_a_carried_wheel_is_met(carried_wheels: dict[str, Path]) -> None:
+    """Each carried wheel's own requirements (with the extras asked for it) are a system
+    package of at least the version asked, or carried into the same package at a version that
+    fits; ``waive`` in dependencies.toml names the exceptions, each with its reason."""
+    table = _table()
+    entries = {_norm(n): v for n, v in table["vendor"].items()}
+    systems = {
+        "deb": {_norm(n): v for n, v in table["debian"].items()},
+        "ipk": {_norm(n): v for n, v in table["openwrt"].items() if v},
+    }
+    extras: dict[str, set[str]] = {}  # carried name -> extras a carried wheel asks of it
+    requirements = {n: _wheel_requirements(w) for n, w in carried_wheels.items()}
+    for reqs in requirements.values():
+        for req in reqs:
+            extras.setdefault(_norm(req.name), set()).update(req.extras)
+    checked = 0
+    for name, reqs in requirements.items():
+        entry = entries[_norm(name)]
+        waived = {_norm(k) for k in entry.get("waive", {})}
+        for req in reqs:
+            wanted = {""} | extras.get(_norm(name), set())
+            marker = req.marker or Marker("python_version >= '0'")
+            if not any(marker.evaluate({**MARKER_ENV, "extra": e}) for e in wanted):
+                continue
+            dep = _norm(req.name)
+            for target in entry["into"]:
+                system = systems["deb" if target == "deb" else "ipk"]
+                # florete-agent-tui adds to florete-agent: it may use what that one carries
+                into = {target, "ipk"} if target == "ipk-tui" else {target}
+                if dep in entries and into & set(entries[dep]["into"]):
+                    version = entries[dep]["version"]
+                    assert req.specifier.contains(version), f"{name}: {req} ({dep} {version})"
+                elif dep in system:
+                    if target == "deb" and dep not in waived:
+                        minimum = _debian_minimum(system[dep])
+                        assert req.specifier.contains(minimum), f"{name}: {req} ({system[dep]})"
+                else:
+                    pytest.fail(f"{name} (into {target}) needs {req}: neither system nor carried")
+                checked += 1
+        for dep in waived:
+            assert dep in {_norm(r.name) for r in reqs}, f"{name}: waive {dep}, not required"
+    assert checked > 20
 
 
 def test_debian_control_depends_on_the_table_exactly() -> None:
@@ -232,6 +339,7 @@ def _wheel(path: Path, members: dict[str, bytes]) -> Path:
 def test_vendor_table_entries_are_well_formed() -> None:
     items = vendor.load_vendored()
     assert {i.name for i in items} >= {"cbor2", "zeroconf", "pyroute2", "dbus-fast", "textual"}
+    assert {i.name for i in items} >= {"spake2", "asyncssh", "paho-mqtt", "pysyncobj", "segno"}
     for item in items:
         assert item.why
         assert item.license
@@ -389,10 +497,29 @@ def test_ipk_data_is_a_private_pure_python_install(ipks: tuple[Ipk, Ipk]) -> Non
     assert b"[florete.links]" in entry_points
     for package in ("agent", "wri_plugins", "link_drivers", "cbor2", "zeroconf", "pyroute2"):
         assert f"{lib}{package}/__init__.py" in core.data, package
+    # every optional feature but the TUI is in the agent's package
+    for package in ("spake2", "segno", "asyncssh", "paho/mqtt", "pysyncobj"):
+        assert f"{lib}{package}/__init__.py" in core.data, package
     assert f"{lib}dbus_fast/__init__.py" not in core.data  # no systemd on OpenWrt
-    assert f"{lib}textual/__init__.py" in tui.data
-    assert f"{lib}textual/__init__.py" not in core.data
+    for package in ("textual", "rich", "pygments", "markdown_it", "platformdirs", "mdurl"):
+        assert f"{lib}{package}/__init__.py" in tui.data, package
+        assert f"{lib}{package}/__init__.py" not in core.data, package
+    for ipk in (core, tui):  # typing_extensions is the feed's
+        assert f"{lib}typing_extensions.py" not in ipk.data
     assert not set(core.data_bytes) & set(tui.data_bytes)  # the TUI package adds, never replaces
+    # what each carries is exactly what dependencies.toml says, at its version
+    for ipk, target in ((core, "ipk"), (tui, "ipk-tui")):
+        dist_infos = {
+            name.split("/")[4].lower()
+            for name in ipk.data
+            if name.startswith(lib) and name.count("/") > 4 and ".dist-info" in name.split("/")[4]
+        }
+        dist_infos.discard(f"florete_agent-{build_ipk.project_version()}.dist-info")
+        assert dist_infos == {
+            f"{re.sub(r'[-_.]+', '_', i.name)}-{i.version}.dist-info".lower()
+            for i in vendor.load_vendored()
+            if target in i.into
+        }
 
 
 def test_ipk_keeps_the_state_across_sysupgrade(ipks: tuple[Ipk, Ipk]) -> None:
@@ -402,3 +529,102 @@ def test_ipk_keeps_the_state_across_sysupgrade(ipks: tuple[Ipk, Ipk]) -> None:
     state_dir = re.search(r"option state_dir '([^']+)'", config)
     assert state_dir is not None
     assert all(path.startswith(state_dir.group(1) + "/") for path in keep)
+
+
+#: Modules of CPython's standard library that the OpenWrt feed splits out of python3-light into
+#: packages of their own (lang/python/python3/files/python3-package-*.mk in openwrt/packages).
+OPENWRT_SPLIT = {
+    "asyncio": "python3-asyncio",
+    "logging": "python3-logging",
+    "sqlite3": "python3-sqlite3",
+    "_sqlite3": "python3-sqlite3",
+    "ssl": "python3-openssl",
+    "_ssl": "python3-openssl",
+    "_hashlib": "python3-openssl",
+    "email": "python3-email",
+    "urllib": "python3-urllib",
+    "uuid": "python3-uuid",
+    "_uuid": "python3-uuid",
+    "ctypes": "python3-ctypes",
+    "_ctypes": "python3-ctypes",
+    "multiprocessing": "python3-multiprocessing",
+    "_multiprocessing": "python3-multiprocessing",
+    "decimal": "python3-decimal",
+    "_decimal": "python3-decimal",
+    "unicodedata": "python3-codecs",
+    "xml": "python3-xml",
+    "xmlrpc": "python3-xml",
+    "pyexpat": "python3-xml",
+    "_elementtree": "python3-xml",
+    "lzma": "python3-lzma",
+    "_lzma": "python3-lzma",
+    "dbm": "python3-dbm",
+    "curses": "python3-ncurses",
+    "_curses": "python3-ncurses",
+    "readline": "python3-readline",
+    "unittest": "python3-unittest",
+    "pydoc": "python3-pydoc",
+    "webbrowser": "python3-webbrowser",
+    "cgi": "python3-cgi",
+    "cgitb": "python3-cgitb",
+    "distutils": "python3-distutils",
+    "lib2to3": "python3-lib2to3",
+    "venv": "python3-venv",
+}
+#: The standard library imports these only inside ``try: ... except ImportError`` (zipfile,
+#: shutil, tarfile): without them, .xz archives do not open, nothing else.
+OPENWRT_OPTIONAL = {"python3-lzma"}
+#: What runs on OpenWrt: the plugins (the systemd runtime needs systemd) and each feature's
+#: modules with the libraries they import lazily; the TUI's in florete-agent-tui.
+OPENWRT_CORE_MODULES = (
+    "agent.cli",
+    "agent.daemon",
+    "agent.cli_pairing",
+    "agent.pairing.crypto",
+    "agent.pairing.ssh",
+    "segno",
+    "wri_plugins.process",
+    "wri_plugins.podman",
+    "wri_plugins.android.connection",
+    "asyncssh",
+    "link_drivers.udp",
+    "link_drivers.serial_radio",
+    "link_drivers.wifi",
+    "agent.mqtt.client",
+    "paho.mqtt.client",
+    "supernode.raft",
+    "supernode.member",
+)
+OPENWRT_TUI_MODULES = ("agent.tui.app", "agent.tui.command")
+
+
+def _feed_packages_imported(modules: tuple[str, ...]) -> set[str]:
+    """The feed's python3-* packages whose modules importing ``modules`` loads."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, sys\n"
+            "for m in sys.argv[1:]: importlib.import_module(m)\n"
+            "print('\\n'.join(sys.modules))",
+            *modules,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    packages = set()
+    for name in result.stdout.split():
+        top = name.split(".")[0]
+        if top.startswith("_codecs_"):
+            packages.add("python3-codecs")
+        elif top in OPENWRT_SPLIT:
+            packages.add(OPENWRT_SPLIT[top])
+    return packages - OPENWRT_OPTIONAL
+
+
+def test_ipk_depends_on_every_feed_python3_module_it_imports() -> None:
+    core = set(build_ipk.feed_depends())
+    assert _feed_packages_imported(OPENWRT_CORE_MODULES) <= core
+    assert _feed_packages_imported(OPENWRT_TUI_MODULES) <= core  # the TUI package adds none
