@@ -152,6 +152,32 @@ def _show(args: argparse.Namespace, client: Client) -> int:
             raise
         print(f"not showing a code: {err.message}", file=sys.stderr)
         return 1
+    try:  # from here on a Ctrl-C withdraws the code, wherever it lands
+        status = _announce_and_wait(args, api, shown)
+    except KeyboardInterrupt:
+        # A new connection: the interrupted one may be stuck in the middle of a request.
+        client(args).request("DELETE", f"{GROUP}/pairing")
+        print("stopped: the code no longer works", file=sys.stderr)
+        return 130
+    events = status.get("events", [])
+    peer = status.get("peer")
+    if status["state"] == "paired" and peer is not None:
+        print(f"Paired with {peer['name']} ({peer['nodeID']})")
+        print(f"Fingerprint: {peer['fingerprint']}", flush=True)
+        invitation = status.get("supernode")
+        return 0 if invitation is None else await_invited(api, peer, invitation)
+    last = events[-1]["message"] if events else status["state"]
+    print(f"pairing failed: {last}", file=sys.stderr)
+    return 1
+
+
+def _announce_and_wait(args: argparse.Namespace, api: Any, shown: dict[str, Any]) -> dict[str, Any]:
+    """Print the code (and its QR code), then poll until the pairing ends; returns its status.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C (the caller withdraws the code).
+    """
+    invite = args.supernode
     ttl = shown["expiresInSeconds"]
     valid = f"{ttl / 60:g} min" if ttl >= 60 else f"{ttl:g} s"
     print(f"Pairing code: {shown['code']}   (valid {valid}, until {shown['expiresAt']})")
@@ -167,30 +193,16 @@ def _show(args: argparse.Namespace, client: Client) -> int:
         )
     print("Waiting for it... (Ctrl-C stops showing the code)", flush=True)
     seen = 0
-    try:
-        while True:
-            status = api.request("GET", f"{GROUP}/pairing")
-            events = status.get("events", [])
-            for event in events[seen:]:
-                if event["kind"] in ("attempt", "failed", "refused"):
-                    print(f"  {event['message']}", flush=True)
-            seen = len(events)
-            if status["state"] in _TERMINAL:
-                break
-            time.sleep(_POLL)
-    except KeyboardInterrupt:
-        api.request("DELETE", f"{GROUP}/pairing")
-        print("stopped: the code no longer works", file=sys.stderr)
-        return 130
-    peer = status.get("peer")
-    if status["state"] == "paired" and peer is not None:
-        print(f"Paired with {peer['name']} ({peer['nodeID']})")
-        print(f"Fingerprint: {peer['fingerprint']}", flush=True)
-        invitation = status.get("supernode")
-        return 0 if invitation is None else await_invited(api, peer, invitation)
-    last = events[-1]["message"] if events else status["state"]
-    print(f"pairing failed: {last}", file=sys.stderr)
-    return 1
+    while True:
+        status: dict[str, Any] = api.request("GET", f"{GROUP}/pairing")
+        events = status.get("events", [])
+        for event in events[seen:]:
+            if event["kind"] in ("attempt", "failed", "refused"):
+                print(f"  {event['message']}", flush=True)
+        seen = len(events)
+        if status["state"] in _TERMINAL:
+            return status
+        time.sleep(_POLL)
 
 
 def _join(args: argparse.Namespace, client: Client) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -245,4 +246,22 @@ def test_expired_code_is_refused(bed: NetBed, make_agent: MakeAgent, showers: li
     late = b.cli("pair", uri, check=False)
     assert late.returncode == 1
     assert "expired" in late.stderr
+    assert "a" not in peers(b)
+
+
+def test_ctrl_c_withdraws_the_code(
+    bed: NetBed, make_agent: MakeAgent, showers: list[Shower]
+) -> None:
+    a, b = start(make_agent, bed, "a"), start(make_agent, bed, "b")
+    wait_seen(b, "a")
+    shower = Shower(a, "--no-qr")
+    showers.append(shower)
+    shower.expect("Waiting for it")
+    shower.process.send_signal(signal.SIGINT)
+    code, output = shower.wait()
+    assert code == 130, output
+    assert "stopped: the code no longer works" in output
+    late = b.cli("pair", shower.code, "--peer", "a", check=False)
+    assert late.returncode == 1
+    assert "a is not showing a pairing code" in late.stderr
     assert "a" not in peers(b)
