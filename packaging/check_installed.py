@@ -385,6 +385,9 @@ def check_pair_command(timeout: float) -> str:
         stderr=subprocess.PIPE,
         text=True,
         encoding="utf-8",
+        # SIGINT to its default: started in the background by a shell without job control
+        # (CI, nohup ... &) this process ignores SIGINT, and so would the command.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     lines = []

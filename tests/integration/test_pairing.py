@@ -35,6 +35,12 @@ pytestmark = [
 MakeAgent = Callable[..., Agent]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT to its default, whatever the test runner inherited: a job started in the
+    background by a shell without job control ignores SIGINT, and so would its children."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Shower:
     """``florete-agent pair`` running in the background; its output read line by line."""
 
@@ -46,6 +52,7 @@ class Shower:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=_ctrl_c_as_in_a_terminal,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
