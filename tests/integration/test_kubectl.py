@@ -470,14 +470,16 @@ def check_terminal(k: Kube, pod: str) -> None:
         term.type(b"echo hi $((6*7))\r")
         term.expect(b"echo hi $((6*7))\r\n")  # echoed by the pod's terminal
         term.expect(b"hi 42\r\n")
-        term.type(b"stty size\r")
-        term.expect(b"30 90\r\n")  # kubectl sent this terminal's size
+        assert term.size() == b"30 90"  # kubectl sent this terminal's size
         term.resize(rows=50, columns=132)
-        time.sleep(0.5)  # kubectl sends the new size on SIGWINCH
-        term.type(b"stty size\r")
-        term.expect(b"50 132\r\n")
+        deadline = time.monotonic() + 20  # kubectl sends the new size when SIGWINCH comes
+        while (size := term.size()) != b"50 132":
+            assert size == b"30 90", size
+            assert time.monotonic() < deadline, "the new size never reached the pod"
+            time.sleep(0.2)
         term.type(b"sleep 600\r")
-        time.sleep(0.5)
+        term.expect(b"sleep 600\r\n")
+        time.sleep(0.5)  # the shell has started sleep (a ^C before would only end the line)
         term.type(b"\x03")  # ^C: SIGINT to the pod terminal's foreground job only
         term.expect(b"fl$ ")
         term.type(b"exit 4\r")
@@ -565,15 +567,25 @@ class Terminal:
     def type(self, keys: bytes) -> None:
         os.write(self.master, keys)
 
-    def expect(self, text: bytes, timeout: float = 20.0) -> None:
-        """Read the terminal until ``text`` shows; what was read up to it is consumed."""
+    def expect(self, text: bytes, timeout: float = 20.0) -> bytes:
+        """Read the terminal until ``text`` shows; what was read up to it is consumed, and
+        what came before it returned."""
         deadline = time.monotonic() + timeout
         while text not in self.seen:
             left = deadline - time.monotonic()
             if left <= 0 or (self.proc.poll() is not None and not self._read(0)):
                 raise AssertionError(f"no {text!r} on the terminal; it shows {bytes(self.seen)!r}")
             self._read(left)
-        del self.seen[: self.seen.index(text) + len(text)]
+        at = self.seen.index(text)
+        before = bytes(self.seen[:at])
+        del self.seen[: at + len(text)]
+        return before
+
+    def size(self) -> bytes:
+        """What ``stty size`` prints in the shell on this terminal, e.g. ``b"30 90"``."""
+        self.type(b"stty size\r")
+        self.expect(b"stty size\r\n")
+        return self.expect(b"\r\n")
 
     def _read(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.master], [], [], min(timeout, 0.5))
