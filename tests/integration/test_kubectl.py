@@ -11,6 +11,7 @@ import base64
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -468,8 +469,8 @@ def check_terminal(k: Kube, pod: str) -> None:
     with Terminal(argv, k.env(), rows=30, columns=90) as term:
         term.expect(b"fl$ ")  # the prompt of an interactive shell: stdin is a terminal
         term.type(b"echo hi $((6*7))\r")
-        term.expect(b"echo hi $((6*7))\r\n")  # echoed by the pod's terminal
-        term.expect(b"hi 42\r\n")
+        echoed = term.expect(b"\r\nhi 42\r\n")
+        assert b"hi $((6*7))" in echoed  # echoed by the pod's terminal (maybe redrawn)
         assert term.size() == b"30 90"  # kubectl sent this terminal's size
         term.resize(rows=50, columns=132)
         deadline = time.monotonic() + 20  # kubectl sends the new size when SIGWINCH comes
@@ -477,11 +478,13 @@ def check_terminal(k: Kube, pod: str) -> None:
             assert size == b"30 90", size
             assert time.monotonic() < deadline, "the new size never reached the pod"
             time.sleep(0.2)
-        term.type(b"sleep 600\r")
-        term.expect(b"sleep 600\r\n")
-        time.sleep(0.5)  # the shell has started sleep (a ^C before would only end the line)
+        term.type(b"echo sleeping; sleep 600\r")
+        term.expect_line(b"sleeping")
+        time.sleep(0.5)  # sleep has started: a ^C before it would only end the line
         term.type(b"\x03")  # ^C: SIGINT to the pod terminal's foreground job only
         term.expect(b"fl$ ")
+        term.type(b"echo status $?\r")
+        assert term.expect_line(rb"status (\d+)").group(1) == b"130"  # sleep died of SIGINT
         term.type(b"exit 4\r")
         assert term.wait() == 4
 
@@ -581,11 +584,28 @@ class Terminal:
         del self.seen[: at + len(text)]
         return before
 
+    def expect_line(self, pattern: bytes, timeout: float = 20.0) -> re.Match[bytes]:
+        """Read the terminal until a whole output line matches ``pattern``; consumed up to it.
+
+        Lines, not exact echoes, because a shell's line editor may redraw what it echoes
+        (busybox ash asks for the cursor position and redraws the line it is editing).
+        """
+        line = re.compile(rb"(?:^|\r\n)" + pattern + rb"\r\n")
+        deadline = time.monotonic() + timeout
+        while (found := line.search(bytes(self.seen))) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.proc.poll() is not None and not self._read(0)):
+                raise AssertionError(
+                    f"no line {pattern!r} on the terminal; it shows {bytes(self.seen)!r}"
+                )
+            self._read(left)
+        del self.seen[: found.end()]
+        return found
+
     def size(self) -> bytes:
         """What ``stty size`` prints in the shell on this terminal, e.g. ``b"30 90"``."""
         self.type(b"stty size\r")
-        self.expect(b"stty size\r\n")
-        return self.expect(b"\r\n")
+        return self.expect_line(rb"(\d+ \d+)").group(1)
 
     def _read(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.master], [], [], min(timeout, 0.5))
