@@ -189,19 +189,7 @@ class TrustStore:
             and existing.source in SOURCES  # a person's trust replaces a supernode's
         ):
             return existing
-        peer = Peer(
-            node_id=node_id,
-            name=label,
-            certificate=parsed.public_bytes(serialization.Encoding.DER),
-            fingerprint=fingerprint,
-            state="trusted",
-            added_at=time.time(),
-            source=source,
-        )
-        self._store.put_peer(peer)
-        _log.info("trusting node %s (%s), source %s", node_id, label, source)
-        self._changed(peer)
-        return peer
+        return self._put(node_id, label, parsed, fingerprint, source)
 
     def vouch(
         self, cert: bytes, *, node_id: str, source: str, name: str | None = None
@@ -262,10 +250,16 @@ class TrustStore:
             and existing.source == source
         ):
             return existing
+        return self._put(node_id, label, parsed, fingerprint, source)
+
+    def _put(
+        self, node_id: str, label: str, cert: x509.Certificate, fingerprint: str, source: str
+    ) -> Peer:
+        """Store ``node_id`` as trusted by ``source``, tell the listeners and return it."""
         peer = Peer(
             node_id=node_id,
             name=label,
-            certificate=parsed.public_bytes(serialization.Encoding.DER),
+            certificate=cert.public_bytes(serialization.Encoding.DER),
             fingerprint=fingerprint,
             state="trusted",
             added_at=time.time(),

@@ -50,14 +50,20 @@ async def _started(runtime_factory: RuntimeFactory) -> tuple[WorkloadRuntime, Ta
     return rt, handle
 
 
-async def test_runtime_without_the_capability_refuses(runtime_factory: RuntimeFactory) -> None:
+async def test_interactive_exec_does_what_the_capability_declares(
+    runtime_factory: RuntimeFactory,
+) -> None:
+    """Declared: an interactive exec runs; not declared: it is refused (never half-works)."""
     rt = runtime_factory()
-    if rt.capabilities.exec_interactive:
-        pytest.skip(f"{rt.name} declares exec_interactive")
     handle = await runtime_factory.start(rt, runtime_factory.spec(READY))
+    await runtime_factory.wait_for_line(rt, handle, b"ready")
     caller = Caller(tty=False, stdin=True)
-    with pytest.raises(CapabilityError):
-        await rt.exec_interactive(handle, ("cat",), caller.streams)
+    if rt.capabilities.exec_interactive:
+        run = rt.exec_interactive(handle, ("sh", "-c", "exit 5"), caller.streams)
+        assert await asyncio.wait_for(run, 10) == 5
+    else:
+        with pytest.raises(CapabilityError):
+            await rt.exec_interactive(handle, ("cat",), caller.streams)
 
 
 async def test_stdin_reaches_the_command_and_streams_stay_apart(
